@@ -1,0 +1,116 @@
+"""The array form of a perturbation x context x gene tensor that every imputation engine works on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+
+
+@dataclass
+class Grid:
+    """Observed effects of a perturbation x context x gene tensor.
+
+    Parameters
+    ----------
+    y
+        ``(n_obs, n_genes)`` observed effects (perturbed minus control), one row per observed pair.
+    pert, ctx
+        ``(n_obs,)`` integer codes of each row's perturbation and context.
+    n_perts, n_contexts
+        Sizes of the full grid (codes run over ``range(n_perts)`` and ``range(n_contexts)``).
+    baseline
+        Optional ``(n_contexts, n_genes)`` control mean levels per context.
+    pert_features, ctx_features
+        Optional user-supplied features per perturbation / context (rows aligned with the codes).
+    """
+
+    y: np.ndarray
+    pert: np.ndarray
+    ctx: np.ndarray
+    n_perts: int
+    n_contexts: int
+    baseline: np.ndarray | None = None
+    pert_features: np.ndarray | None = None
+    ctx_features: np.ndarray | None = None
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self.y = np.asarray(self.y)
+        self.pert = np.asarray(self.pert, dtype=np.int64)
+        self.ctx = np.asarray(self.ctx, dtype=np.int64)
+        if self.y.ndim != 2 or self.y.shape[0] != self.pert.shape[0] or self.pert.shape != self.ctx.shape:
+            raise ValueError(
+                f"y must be (n_obs, n_genes) with n_obs matching pert and ctx; got y {self.y.shape}, "
+                f"pert {self.pert.shape}, ctx {self.ctx.shape}"
+            )
+        if self.baseline is not None and self.baseline.shape != (self.n_contexts, self.n_genes):
+            raise ValueError(
+                f"baseline must be (n_contexts, n_genes) = {(self.n_contexts, self.n_genes)}, got {self.baseline.shape}"
+            )
+
+    @property
+    def n_obs(self) -> int:
+        return self.y.shape[0]
+
+    @property
+    def n_genes(self) -> int:
+        return self.y.shape[1]
+
+    def subset(self, rows: np.ndarray) -> Grid:
+        """The grid restricted to some observed rows (same codes, same features)."""
+        return Grid(
+            self.y[rows], self.pert[rows], self.ctx[rows], self.n_perts, self.n_contexts,
+            self.baseline, self.pert_features, self.ctx_features,
+        )
+
+    def indicator(self, axis: str) -> sp.csr_matrix:
+        """Sparse ``(n_groups, n_obs)`` indicator of rows per perturbation (``"pert"``) or context (``"ctx"``)."""
+        if axis not in self._cache:
+            codes, n = (self.pert, self.n_perts) if axis == "pert" else (self.ctx, self.n_contexts)
+            self._cache[axis] = sp.csr_matrix(
+                (np.ones(self.n_obs), (codes, np.arange(self.n_obs))), shape=(n, self.n_obs)
+            )
+        return self._cache[axis]
+
+    def group_mean(self, axis: str, values: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Mean of ``values`` (default ``y``) per perturbation or context, and the counts per group."""
+        ind = self.indicator(axis)
+        counts = np.asarray(ind.sum(axis=1)).ravel()
+        sums = ind @ (self.y if values is None else values)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means = sums / counts[:, None]
+        means[counts == 0] = 0.0
+        return means, counts
+
+    def observed(self) -> np.ndarray:
+        """Boolean ``(n_perts, n_contexts)`` matrix of observed pairs."""
+        m = np.zeros((self.n_perts, self.n_contexts), dtype=bool)
+        m[self.pert, self.ctx] = True
+        return m
+
+
+@dataclass
+class Prediction:
+    """What an engine returns for the queried pairs."""
+
+    values: np.ndarray
+    reliability: np.ndarray | None = None
+    info: dict = field(default_factory=dict)
+
+
+def randomized_svd(a: np.ndarray, rank: int, *, n_iter: int = 4, seed: int = 0) -> tuple[np.ndarray, ...]:
+    """Truncated SVD by randomized range finding (Halko et al. 2011); exact when ``rank`` is near full."""
+    m, n = a.shape
+    rank = max(1, min(rank, m, n))
+    if rank >= min(m, n) // 2:
+        u, s, vt = np.linalg.svd(a, full_matrices=False)
+        return u[:, :rank], s[:rank], vt[:rank]
+    rng = np.random.default_rng(seed)
+    q = np.linalg.qr(a @ rng.standard_normal((n, rank + 10)).astype(a.dtype))[0]
+    for _ in range(n_iter):
+        q = np.linalg.qr(a.T @ q)[0]
+        q = np.linalg.qr(a @ q)[0]
+    u, s, vt = np.linalg.svd(q.T @ a, full_matrices=False)
+    return (q @ u)[:, :rank], s[:rank], vt[:rank]

@@ -1,0 +1,87 @@
+"""Conversion between a signatures AnnData and the engines' :class:`Grid`."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from .._engines import METHODS, Grid
+from .._utils._validate import _list, check_choice, check_finite
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+TORCH_METHODS = {"ntk"}
+
+
+def grid_from_signatures(
+    sig: AnnData,
+    *,
+    perturbation_features: pd.DataFrame | np.ndarray | None = None,
+    context_features: pd.DataFrame | np.ndarray | None = None,
+) -> tuple[Grid, pd.Index, pd.Index]:
+    """Validate a signatures AnnData and build the engines' grid from it."""
+    for key in ("perturbation", "context"):
+        if key not in sig.obs.columns:
+            raise KeyError(
+                f"signatures AnnData needs obs[{key!r}] (as made by pertcausal.pp.signatures); "
+                f"obs columns are: {_list(sig.obs.columns)}. For cell-level data pass perturbation_key=, "
+                "context_key= and control="
+            )
+    if sig.n_obs == 0:
+        raise ValueError("the signatures AnnData has no observed pair")
+    pert = pd.Categorical(sig.obs["perturbation"].astype(str)) if not isinstance(
+        sig.obs["perturbation"].dtype, pd.CategoricalDtype
+    ) else sig.obs["perturbation"].cat.remove_unused_categories().values
+    ctx = pd.Categorical(sig.obs["context"].astype(str)) if not isinstance(
+        sig.obs["context"].dtype, pd.CategoricalDtype
+    ) else sig.obs["context"].values
+    perts = pd.Index(pert.categories.astype(str))
+    ctxs = pd.Index(ctx.categories.astype(str))
+    pc = pd.Series(pert.codes) * len(ctxs) + pd.Series(ctx.codes)
+    if pc.duplicated().any():
+        dup = sig.obs_names[pc.duplicated(keep=False).to_numpy()]
+        raise ValueError(f"signatures hold several rows for the same (perturbation, context) pair: {_list(dup)}")
+    y = np.asarray(sig.X.toarray() if hasattr(sig.X, "toarray") else sig.X, dtype=np.float64)
+    check_finite(y, what="signatures .X")
+    baseline = None
+    cm = sig.uns.get("control_mean")
+    if isinstance(cm, pd.DataFrame) and set(ctxs) <= set(cm.index.astype(str)):
+        cm = cm.copy()
+        cm.index = cm.index.astype(str)
+        baseline = cm.loc[list(ctxs), sig.var_names].to_numpy(np.float64)
+        check_finite(baseline, what="signatures uns['control_mean']")
+    grid = Grid(
+        y, pert.codes, ctx.codes, len(perts), len(ctxs), baseline,
+        _align(perturbation_features, perts, "perturbation_features"),
+        _align(context_features, ctxs, "context_features"),
+    )
+    return grid, perts, ctxs
+
+
+def _align(features: Any, labels: pd.Index, name: str) -> np.ndarray | None:
+    if features is None:
+        return None
+    if isinstance(features, pd.DataFrame):
+        idx = features.index.astype(str)
+        missing = [lab for lab in labels if lab not in set(idx)]
+        if missing:
+            raise KeyError(f"{name} has no row for {_list(missing)}; its index must hold every label")
+        out = features.set_axis(idx).loc[list(labels)].to_numpy(np.float64)
+    else:
+        out = np.asarray(features, dtype=np.float64)
+        if out.ndim != 2 or out.shape[0] != len(labels):
+            raise ValueError(f"{name} must have one row per label ({len(labels)}), got shape {out.shape}")
+    check_finite(out, what=name)
+    return out
+
+
+def check_method(method: str, device: str) -> None:
+    """Fail early on an unknown method or an unusable device, before any work or write."""
+    check_choice(method, METHODS, argname="method")
+    if method in TORCH_METHODS or device != "auto":
+        from .._utils._device import resolve_device
+
+        resolve_device(device)
