@@ -164,9 +164,9 @@ def simulate_screen(
     >>> mdata["rna"].obs["perturbation"].nunique()
     5
     """
+    import mudata
     import scipy.sparse as sp
     from anndata import AnnData
-    from mudata import MuData
 
     rng = np.random.default_rng(seed)
     sim = _factors(n_perturbations, n_contexts, n_genes, rank, rng)
@@ -205,7 +205,8 @@ def simulate_screen(
         index=[f"cell{i}" for i in range(len(counts))],
     )
     rna = AnnData(X=sp.csr_matrix(counts[order]), obs=obs, var=pd.DataFrame(index=[f"G{i:04d}" for i in range(n_genes)]))
-    mdata = MuData({"rna": rna})
+    with mudata.set_options(pull_on_update=False):
+        mdata = mudata.MuData({"rna": rna})
     mdata.uns["true_effect"] = truth.astype(np.float32)
     mdata.uns["true_perturbations"] = perts
     mdata.uns["true_contexts"] = ctxs

@@ -40,7 +40,7 @@ def grid_from_signatures(
     ) else sig.obs["context"].values
     perts = pd.Index(pert.categories.astype(str))
     ctxs = pd.Index(ctx.categories.astype(str))
-    pc = pd.Series(pert.codes) * len(ctxs) + pd.Series(ctx.codes)
+    pc = pd.Series(pert.codes.astype(np.int64) * len(ctxs) + ctx.codes.astype(np.int64))
     if pc.duplicated().any():
         dup = sig.obs_names[pc.duplicated(keep=False).to_numpy()]
         raise ValueError(f"signatures hold several rows for the same (perturbation, context) pair: {_list(dup)}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -90,7 +91,9 @@ def impute(
     ``layers["mean"]`` (control mean + effect, when control means are known),
     ``uns["control_mean"]`` and ``uns[key_added]["params"]``.
     For MuData input it is stored as ``data.mod[key_added]`` (parameters also in
-    ``data.uns[key_added]``) and ``None`` is returned (the MuData with ``copy=True``).
+    ``data.uns[key_added]``) and ``None`` is returned (the MuData with ``copy=True``). The new
+    modality has the genes of ``mod`` as its ``var_names``, so the MuData's global ``var_names``
+    repeat them; its ``obs`` columns are not pulled into ``data.obs`` (call ``data.pull_obs()``).
 
     Examples
     --------
@@ -199,9 +202,16 @@ def impute(
     out.uns[key_added] = {"params": params}
 
     if is_mudata(data):
+        import mudata
+
         target = data.copy() if copy else data
         target.mod[key_added] = out
         target.uns[key_added] = {"params": params}
-        target.update()
+        # register the new modality without pulling its obs/var columns into the global tables
+        # (mudata >= 0.4 behaviour); use mdata.pull_obs() to pull them explicitly
+        with mudata.set_options(pull_on_update=False), warnings.catch_warnings():
+            # the new modality shares its gene names with the input modality by design
+            warnings.filterwarnings("ignore", message="var_names are not unique", category=UserWarning)
+            target.update()
         return target if copy else None
     return out
