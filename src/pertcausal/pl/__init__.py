@@ -1,3 +1,5 @@
-"""Plotting."""
+"""Plotting: figures of imputed grids and of predictions against the truth (matplotlib)."""
 
-__all__: list[str] = []
+from ._imputation import imputation, prediction_scatter
+
+__all__ = ["imputation", "prediction_scatter"]
