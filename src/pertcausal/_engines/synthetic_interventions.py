@@ -18,13 +18,26 @@ import numpy as np
 from ._grid import Grid, Prediction
 
 
-def _rank_for_energy(s: np.ndarray, energy: float) -> int:
-    if s.size == 0 or s[0] <= 0:
+def _rank_for_energy(s2: np.ndarray, energy: float) -> int:
+    """Number of components kept from squared singular values ``s2`` (descending)."""
+    if s2.size == 0 or s2[0] <= 0:
         return 0
-    if energy >= 1.0:
-        return int((s > s[0] * max(s.shape) * np.finfo(float).eps).sum())
-    cum = np.cumsum(s**2) / np.sum(s**2)
-    return int(np.searchsorted(cum, energy) + 1)
+    if energy >= 1.0:  # numerical rank: relative tolerance on singular values
+        return int((s2 > s2[0] * 1e-12).sum())
+    cum = np.cumsum(s2) / np.sum(s2)
+    return int(min(np.searchsorted(cum, energy) + 1, s2.size))
+
+
+def _right_basis(xc: np.ndarray, energy: float) -> tuple[np.ndarray, np.ndarray]:
+    """Kept right singular vectors (rows) and squared singular values of a centred matrix.
+
+    Computed from the small donors x donors Gram matrix, so the cost is linear in the number of
+    stacked rows (genes x units) instead of an SVD of the tall matrix.
+    """
+    s2, v = np.linalg.eigh(xc.T @ xc)
+    s2, v = s2[::-1], v[:, ::-1]
+    k = _rank_for_energy(s2, energy)
+    return v[:, :k].T, s2[:k]
 
 
 def _hsvt_fit(x: np.ndarray, y: np.ndarray, energy: float) -> tuple[np.ndarray, float, np.ndarray]:
@@ -35,25 +48,22 @@ def _hsvt_fit(x: np.ndarray, y: np.ndarray, energy: float) -> tuple[np.ndarray, 
     """
     xm, ym = x.mean(0), y.mean()
     xc = x - xm
-    u, s, vt = np.linalg.svd(xc, full_matrices=False)
-    k = _rank_for_energy(s, energy)
-    if k == 0:
-        return np.zeros(x.shape[1]), float(ym), vt[:0]
-    beta = vt[:k].T @ ((u[:, :k].T @ (y - ym)) / s[:k])
-    return beta, float(ym - xm @ beta), vt[:k]
+    vt, s2 = _right_basis(xc, energy)
+    if vt.shape[0] == 0:
+        return np.zeros(x.shape[1]), float(ym), vt
+    beta = vt.T @ ((vt @ (xc.T @ (y - ym))) / s2)
+    return beta, float(ym - xm @ beta), vt
 
 
 def _inclusion(x_test: np.ndarray, v_train: np.ndarray, energy: float) -> float:
     """1 minus the subspace-inclusion error ||V_t - V_t P_train||_F^2 / k_t (1 = fully included)."""
     if v_train.shape[0] == 0:
         return 0.0
-    _, s, vt = np.linalg.svd(x_test - x_test.mean(0), full_matrices=False)
-    k = _rank_for_energy(s, energy)
-    if k == 0:
+    vt, _ = _right_basis(x_test - x_test.mean(0), energy)
+    if vt.shape[0] == 0:
         return 1.0
-    vt = vt[:k]
     resid = vt - (vt @ v_train.T) @ v_train
-    return float(max(0.0, 1.0 - (resid**2).sum() / k))
+    return float(max(0.0, 1.0 - (resid**2).sum() / vt.shape[0]))
 
 
 def synthetic_interventions(
@@ -93,14 +103,24 @@ def synthetic_interventions(
         ctx_per_action = grid.n_obs / max(1, len(np.unique(grid.pert)))
         donor = "action" if actions_per_ctx - 1 >= ctx_per_action - 1 else "context"
     n_a = grid.n_perts + (1 if with_control else 0)
-    # outcome table: level (control + effect) when baselines are known, else the effect
-    levels = grid.y + grid.baseline[grid.ctx] if with_control else grid.y
+    # outcome rows: observed pairs first, then (with the control) one control row per context;
+    # levels (control + effect) are gathered per query, never materialised for the whole grid
     if with_control:
-        levels = np.vstack([levels, grid.baseline])
         a_codes = np.concatenate([grid.pert, np.full(grid.n_contexts, grid.n_perts)])
         c_codes = np.concatenate([grid.ctx, np.arange(grid.n_contexts)])
     else:
         a_codes, c_codes = grid.pert, grid.ctx
+
+    def outcome(rows: np.ndarray) -> np.ndarray:
+        if not with_control:
+            return grid.y[rows]
+        out = np.empty((*rows.shape, grid.n_genes))
+        is_pair = rows < grid.n_obs
+        r = rows[is_pair]
+        out[is_pair] = grid.y[r] + grid.baseline[grid.ctx[r]]
+        out[~is_pair] = grid.baseline[rows[~is_pair] - grid.n_obs]
+        return out
+
     if donor == "context":  # swap roles: contexts are the donors, actions the training units
         a_codes, c_codes = c_codes, a_codes
         n_donor_axis, n_unit_axis = grid.n_contexts, n_a
@@ -143,11 +163,11 @@ def synthetic_interventions(
             out[i] = ctx_mean[qc[i]] if ctx_count[qc[i]] > 0 else global_mean
             continue
         d = np.asarray(donors)
-        x = levels[index[np.ix_(d, units)]]  # (n_donors, n_units, genes)
-        x = x.transpose(1, 2, 0).reshape(-1, len(d))
-        y = levels[index[t, units]].reshape(-1)
+        x = outcome(index[np.ix_(d, units)].T)  # (units, donors, genes)
+        x = x.transpose(0, 2, 1).reshape(-1, len(d))
+        y = outcome(index[t, units]).reshape(-1)
         beta, b0, v = _hsvt_fit(x, y, energy)
-        x_q = levels[index[d, u]].T  # (genes, n_donors)
+        x_q = outcome(index[d, u]).T  # (genes, n_donors)
         out[i] = x_q @ beta + b0 - base
         reliability[i] = _inclusion(x_q, v, energy)
         n_donors[i] = len(d)
