@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 SEP = "|"
 MAX_TICKS = 60  # above this many labels an axis gets no tick labels, only a count
+_CBAR_W, _CBAR_PAD, _PANEL_PAD = 0.15, 0.1, 0.85  # inches: colour bar, its gap, gap before the next panel
 
 
 # ---------------------------------------------------------------------------------------------
@@ -263,15 +264,16 @@ def imputation(
         panel_h = float(np.clip(0.24 * n_p, 2.2, 9.0))
         left = 0.45 + (max(map(len, perts)) * char if n_p <= MAX_TICKS else 0.1) + 0.1
         bottom = 0.45 + (max(map(len, ctxs)) * char if n_c <= MAX_TICKS else 0.1) + 0.1
-        top, right = 0.6, 0.15
-        extra = 0.1 + 0.15 + 0.75  # pad, colour bar, its tick labels and label
-        width = panel_w + extra + ((0.25 + panel_w + extra) if reliability is not None else 0.0)
+        top, right = 0.6, 0.85  # right: tick labels and label of the last colour bar
+        width = panel_w + _CBAR_PAD + _CBAR_W  # the divider carves exactly this up
+        if reliability is not None:
+            width += _PANEL_PAD + panel_w + _CBAR_PAD + _CBAR_W
         fig_w, fig_h = left + width + right, bottom + panel_h + top
         fig = plt.figure(figsize=(fig_w, fig_h))
         ax = fig.add_axes((left / fig_w, bottom / fig_h, width / fig_w, panel_h / fig_h))
     fig = ax.figure
     divider = make_axes_locatable(ax)
-    cax = divider.append_axes("right", size=0.15, pad=0.1)
+    cax = divider.append_axes("right", size=_CBAR_W, pad=_CBAR_PAD)
 
     im = ax.imshow(
         np.ma.masked_invalid(grid), cmap=_cmap(cmap), vmin=vmin, vmax=vmax,
@@ -301,8 +303,8 @@ def imputation(
     axes: dict[str, Axes] = {"heatmap": ax, "colorbar": cax}
 
     if reliability is not None:
-        ax_rel = divider.append_axes("right", size="100%", pad=0.85, sharey=ax)
-        cax_rel = divider.append_axes("right", size=0.15, pad=0.1)
+        ax_rel = divider.append_axes("right", size="100%", pad=_PANEL_PAD, sharey=ax)
+        cax_rel = divider.append_axes("right", size=_CBAR_W, pad=_CBAR_PAD)
         rfin = reliability[np.isfinite(reliability)]
         lo, hi = float(rfin.min()), float(rfin.max())
         if lo >= 0.0 and hi <= 1.0:
@@ -426,26 +428,35 @@ _OFFSETS = ((4, 3, "left", "bottom"), (4, -3, "left", "top"), (-4, 3, "right", "
 
 
 def _place_labels(ax: Axes, x: np.ndarray, y: np.ndarray, names: list[str]) -> None:
-    """Label points in order, each at the first of a few offsets that overlaps no earlier label."""
+    """Label points in order, each at the first of a few offsets that stays inside the axes and
+    overlaps no earlier label (else the first that overlaps none, else the first offset)."""
     fig = ax.figure
     try:
         renderer = fig.canvas.get_renderer()
     except AttributeError:  # a backend without a renderer: no overlap check
         renderer = None
+    frame = ax.get_window_extent(renderer) if renderer is not None else None
     placed: list[Any] = []
     for xi, yi, name in zip(x, y, names):
-        text = None
-        for dx, dy, ha, va in _OFFSETS:
-            if text is not None:
+        best, best_score = _OFFSETS[0], -1
+        if renderer is not None:
+            for offset in _OFFSETS:
+                dx, dy, ha, va = offset
+                text = ax.annotate(name, (xi, yi), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va,
+                                   fontsize=7)
+                box = text.get_window_extent(renderer)
                 text.remove()
-            text = ax.annotate(name, (xi, yi), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va,
-                               fontsize=7, color="tab:red", zorder=4, gid="label")
-            if renderer is None:
-                break
-            box = text.get_window_extent(renderer).expanded(1.05, 1.1)
-            if not any(box.overlaps(b) for b in placed):
-                break
-        if renderer is not None and text is not None:
+                free = not any(box.expanded(1.05, 1.1).overlaps(b) for b in placed)
+                inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+                score = 2 * free + inside
+                if score > best_score:
+                    best, best_score = offset, score
+                if score == 3:
+                    break
+        dx, dy, ha, va = best
+        text = ax.annotate(name, (xi, yi), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va,
+                           fontsize=7, color="tab:red", zorder=4, gid="label")
+        if renderer is not None:
             placed.append(text.get_window_extent(renderer))
 
 
