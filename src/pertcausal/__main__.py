@@ -58,7 +58,10 @@ def demo(out: Path, *, seed: int = 0, device: str = "auto", show_progress: bool 
     pi, ci = mdata.uns["true_perturbations"].index(p_lab), mdata.uns["true_contexts"].index(c_lab)
     fig = pc.pl.prediction_scatter(imp, truth[pi, ci], perturbation=p_lab, context=c_lab, return_fig=True)
     fig.savefig(out / "demo_prediction_scatter.png", dpi=120, bbox_inches="tight")
-    mdata.write(out / "demo.h5mu")
+    import mudata
+
+    with mudata.set_options(pull_on_update=False):
+        mdata.write(out / "demo.h5mu")
     print(f"\nwrote {out / 'demo_metrics.csv'}, {out / 'demo_imputation.png'}, "
           f"{out / 'demo_prediction_scatter.png'} and {out / 'demo.h5mu'}")
     return 0
