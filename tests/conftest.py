@@ -43,8 +43,9 @@ def kang_cells():
 def kang_signatures(kang_cells):
     import pertcausal as pc
 
-    return pc.pp.signatures(kang_cells, perturbation_key="group_id", context_key="context", control="ctrl",
-                            layer="logcounts")
+    return pc.pp.signatures(
+        kang_cells, perturbation_key="group_id", context_key="context", control="ctrl", layer="logcounts"
+    )
 
 
 @pytest.fixture(scope="session")

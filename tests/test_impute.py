@@ -41,8 +41,9 @@ def _truth(sig: AnnData, pairs: AnnData) -> np.ndarray:
 
 # ---------------------------------------------------------------- known answers
 def test_exactly_low_rank_tensor_is_recovered():
-    sig = pc.data.simulate_effects(n_perturbations=60, n_contexts=12, n_genes=50, rank=3, frac_observed=0.6,
-                                   noise=0.0, seed=3)
+    sig = pc.data.simulate_effects(
+        n_perturbations=60, n_contexts=12, n_genes=50, rank=3, frac_observed=0.6, noise=0.0, seed=3
+    )
     train, test = _heldout(sig, 40)
     imp = pc.tl.impute(train, method="synthetic_interventions", progress_bar=False)
     pred = imp[test.obs_names].X
@@ -52,8 +53,9 @@ def test_exactly_low_rank_tensor_is_recovered():
 
 
 def test_soft_impute_recovers_low_rank():
-    sig = pc.data.simulate_effects(n_perturbations=80, n_contexts=10, n_genes=40, rank=2, frac_observed=0.6,
-                                   noise=0.0, seed=4)
+    sig = pc.data.simulate_effects(
+        n_perturbations=80, n_contexts=10, n_genes=40, rank=2, frac_observed=0.6, noise=0.0, seed=4
+    )
     train, test = _heldout(sig, 40)
     imp = pc.tl.impute(train, method="soft_impute", rank=10, shrinkage=0.01, progress_bar=False)
     truth = _truth(sig, test)
@@ -109,8 +111,9 @@ def test_impute_layout_every_method(mdata, method):
     assert imp.obs["observed"].sum() == sig.n_obs
     np.testing.assert_allclose(imp[sig.obs_names].X, sig.X)  # observed rows are kept as measured
     assert np.isfinite(imp.X).all()
-    np.testing.assert_allclose(imp.layers["mean"], imp.X + imp.uns["control_mean"].loc[imp.obs["context"]].to_numpy(),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        imp.layers["mean"], imp.X + imp.uns["control_mean"].loc[imp.obs["context"]].to_numpy(), rtol=1e-5, atol=1e-5
+    )
     assert mdata.uns["impute"]["params"]["method"] == method
     assert imp.obs.loc[imp.obs["observed"], "n_cells"].min() >= 10
     # the input modality is untouched
@@ -246,8 +249,9 @@ def test_signatures_without_obs_columns():
 # ---------------------------------------------------------------- evaluation
 def test_evaluate_folds_and_metrics():
     sig = pc.data.simulate_effects(n_perturbations=30, n_contexts=6, n_genes=40, rank=2, noise=0.01, seed=0)
-    res = pc.tl.evaluate_imputation(sig, methods=["synthetic_interventions", "mean_over_perturbations"], n_folds=5,
-                                    progress_bar=False)
+    res = pc.tl.evaluate_imputation(
+        sig, methods=["synthetic_interventions", "mean_over_perturbations"], n_folds=5, progress_bar=False
+    )
     for m in ("synthetic_interventions", "mean_over_perturbations"):
         sub = res[res["method"] == m]
         assert len(sub) == sig.n_obs  # every observed pair is held out exactly once

@@ -4,20 +4,20 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-import warnings  # noqa: E402
+import subprocess
+import sys
+import time
+import warnings
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import pytest  # noqa: E402
-from anndata import AnnData  # noqa: E402
-from matplotlib.axes import Axes  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+from anndata import AnnData
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
-import pertcausal as pc  # noqa: E402
+import pertcausal as pc
 
 KEYS = {"perturbation_key": "perturbation", "context_key": "context", "control": "control"}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -23,8 +23,12 @@ def test_kang_signatures(kang_signatures):
 def test_kang_ntk_and_si_beat_additive(kang_signatures):
     """Hold out each context's stimulated response in turn; compare on top-50 DE gene effects."""
     res = pc.tl.evaluate_imputation(
-        kang_signatures, methods=["ntk", "synthetic_interventions", "additive", "mean_over_contexts"],
-        holdout="context", n_folds=10, progress_bar=False, device="cpu",
+        kang_signatures,
+        methods=["ntk", "synthetic_interventions", "additive", "mean_over_contexts"],
+        holdout="context",
+        n_folds=10,
+        progress_bar=False,
+        device="cpu",
     )
     table = pc.tl.summarize_imputation(res)
     assert (table["n_pairs"] == 10).all()
@@ -68,7 +72,10 @@ def test_pertpy_chain_papalexi(papalexi_cells):
     a.X = a.X.toarray()  # pertpy 1.0.3's split_by mode indexes X with a boolean Series (fails on sparse)
     mdata = MuData({"rna": a})
     pt.tl.Mixscape().perturbation_signature(
-        mdata["rna"], pert_key="perturbation", control="non-targeting", split_by="replicate",
+        mdata["rna"],
+        pert_key="perturbation",
+        control="non-targeting",
+        split_by="replicate",
         ref_selection_mode="split_by",
     )
     keys = {"perturbation_key": "perturbation", "context_key": "replicate", "control": "non-targeting"}
@@ -82,8 +89,9 @@ def test_pertpy_chain_papalexi(papalexi_cells):
     assert imp.n_obs == 25 * 3 and int(imp.obs["observed"].sum()) == 74  # SPI1|rep_2 has 7 cells < 10
     assert not imp.obs.loc["SPI1|rep_2", "observed"]
 
-    res = pc.tl.evaluate_imputation(direct, methods=["ntk", "additive", "mean_over_perturbations"], n_folds=5,
-                                    progress_bar=False, device="cpu")
+    res = pc.tl.evaluate_imputation(
+        direct, methods=["ntk", "additive", "mean_over_perturbations"], n_folds=5, progress_bar=False, device="cpu"
+    )
     table = pc.tl.summarize_imputation(res)
     assert table.loc["ntk", "pearson_top_k"] > table.loc["mean_over_perturbations", "pearson_top_k"] + 0.05
     assert table.loc["ntk", "pearson_top_k"] > 0.5

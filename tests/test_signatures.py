@@ -30,8 +30,15 @@ def _toy() -> AnnData:
 
 
 def test_known_means_and_layout():
-    sig = pc.pp.signatures(_toy(), perturbation_key="perturbation", context_key="context", control="ctrl",
-                           layer="log", min_cells=2, normalize=False)
+    sig = pc.pp.signatures(
+        _toy(),
+        perturbation_key="perturbation",
+        context_key="context",
+        control="ctrl",
+        layer="log",
+        min_cells=2,
+        normalize=False,
+    )
     assert list(sig.obs_names) == ["A|c1", "B|c2"]
     np.testing.assert_allclose(sig.X, [[2.0, 0.0, -2.0], [0.0, 2.0, 5.0]])
     np.testing.assert_allclose(sig.layers["mean"], [[3.0, 2.0, 1.0], [0.0, 3.0, 5.0]])
@@ -40,8 +47,9 @@ def test_known_means_and_layout():
     assert sig.uns["control_n_cells"] == {"c1": 4, "c2": 4}
     assert sig.uns["signatures"]["params"]["normalize"] is False
     # integer-valued input is taken for raw counts by default
-    auto = pc.pp.signatures(_toy(), perturbation_key="perturbation", context_key="context", control="ctrl",
-                            layer="log", min_cells=2)
+    auto = pc.pp.signatures(
+        _toy(), perturbation_key="perturbation", context_key="context", control="ctrl", layer="log", min_cells=2
+    )
     assert auto.uns["signatures"]["params"]["normalize"] is True
 
 
@@ -95,7 +103,9 @@ def test_many_cells_one_pass():
     obs = pd.DataFrame({"perturbation": rng.choice(["ctrl", "a", "b", "c"], n), "context": rng.choice(["x", "y"], n)})
     obs.index = obs.index.astype(str)
     t0 = time.perf_counter()
-    sig = pc.pp.signatures(AnnData(X=x, obs=obs), perturbation_key="perturbation", context_key="context", control="ctrl")
+    sig = pc.pp.signatures(
+        AnnData(X=x, obs=obs), perturbation_key="perturbation", context_key="context", control="ctrl"
+    )
     assert time.perf_counter() - t0 < 30
     assert sig.n_obs == 6 and np.isfinite(sig.X).all()
 

@@ -23,14 +23,31 @@ def demo(out: Path, *, seed: int = 0, device: str = "auto", show_progress: bool 
     out.mkdir(parents=True, exist_ok=True)
     mdata = pc.data.simulate_screen(n_perturbations=40, n_contexts=8, n_genes=200, frac_observed=0.4, seed=seed)
     rna = mdata["rna"]
-    print(f"simulated screen: {rna.n_obs} cells x {rna.n_vars} genes, "
-          f"{int(mdata.uns['observed'].sum())} of {mdata.uns['observed'].size} (perturbation, context) pairs measured")
+    print(
+        f"simulated screen: {rna.n_obs} cells x {rna.n_vars} genes, "
+        f"{int(mdata.uns['observed'].sum())} of {mdata.uns['observed'].size} (perturbation, context) pairs measured"
+    )
     truth = mdata.uns["true_effect"]
     rows = []
-    for method in ("ntk", "synthetic_interventions", "additive", "mean_over_contexts", "mean_over_perturbations", "soft_impute"):
+    for method in (
+        "ntk",
+        "synthetic_interventions",
+        "additive",
+        "mean_over_contexts",
+        "mean_over_perturbations",
+        "soft_impute",
+    ):
         t0 = time.perf_counter()
-        pc.tl.impute(mdata, method=method, key_added="impute", perturbation_key="perturbation",
-                     context_key="context", control="control", device=device, progress_bar=show_progress)
+        pc.tl.impute(
+            mdata,
+            method=method,
+            key_added="impute",
+            perturbation_key="perturbation",
+            context_key="context",
+            control="control",
+            device=device,
+            progress_bar=show_progress,
+        )
         seconds = time.perf_counter() - t0
         imp = mdata["impute"]
         hidden = ~imp.obs["observed"].to_numpy()
@@ -39,17 +56,31 @@ def demo(out: Path, *, seed: int = 0, device: str = "auto", show_progress: bool 
         # the simulator's label order equals the categories' order (P000.., C00..)
         t = truth[p, c]
         met = profile_metrics(t, imp.X[hidden], top_k=20)
-        rows.append({"method": method, "pooled_pearson": pooled_pearson(t, imp.X[hidden]),
-                     "pearson": np.nanmean(met["pearson"]), "r2": np.nanmean(met["r2"]),
-                     "cosine": np.nanmean(met["cosine"]), "pearson_top20": np.nanmean(met["pearson_top_k"]),
-                     "seconds": seconds})
+        rows.append(
+            {
+                "method": method,
+                "pooled_pearson": pooled_pearson(t, imp.X[hidden]),
+                "pearson": np.nanmean(met["pearson"]),
+                "r2": np.nanmean(met["r2"]),
+                "cosine": np.nanmean(met["cosine"]),
+                "pearson_top20": np.nanmean(met["pearson_top_k"]),
+                "seconds": seconds,
+            }
+        )
     table = pd.DataFrame(rows).set_index("method").sort_values("pearson", ascending=False)
     print(f"\naccuracy on the {int(hidden.sum())} never-measured pairs against the simulator's true effects:")
     print(table.to_string(float_format=lambda v: f"{v:.3f}"))
     table.to_csv(out / "demo_metrics.csv")
 
-    pc.tl.impute(mdata, method="ntk", perturbation_key="perturbation", context_key="context",
-                 control="control", device=device, progress_bar=show_progress)
+    pc.tl.impute(
+        mdata,
+        method="ntk",
+        perturbation_key="perturbation",
+        context_key="context",
+        control="control",
+        device=device,
+        progress_bar=show_progress,
+    )
     imp = mdata["impute"]
     fig = pc.pl.imputation(mdata, key="impute", return_fig=True)
     fig.savefig(out / "demo_imputation.png", dpi=120, bbox_inches="tight")
@@ -62,8 +93,10 @@ def demo(out: Path, *, seed: int = 0, device: str = "auto", show_progress: bool 
 
     with mudata.set_options(pull_on_update=False):
         mdata.write(out / "demo.h5mu")
-    print(f"\nwrote {out / 'demo_metrics.csv'}, {out / 'demo_imputation.png'}, "
-          f"{out / 'demo_prediction_scatter.png'} and {out / 'demo.h5mu'}")
+    print(
+        f"\nwrote {out / 'demo_metrics.csv'}, {out / 'demo_imputation.png'}, "
+        f"{out / 'demo_prediction_scatter.png'} and {out / 'demo.h5mu'}"
+    )
     return 0
 
 

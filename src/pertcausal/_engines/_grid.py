@@ -61,8 +61,14 @@ class Grid:
     def subset(self, rows: np.ndarray) -> Grid:
         """The grid restricted to some observed rows (same codes, same features)."""
         return Grid(
-            self.y[rows], self.pert[rows], self.ctx[rows], self.n_perts, self.n_contexts,
-            self.baseline, self.pert_features, self.ctx_features,
+            self.y[rows],
+            self.pert[rows],
+            self.ctx[rows],
+            self.n_perts,
+            self.n_contexts,
+            self.baseline,
+            self.pert_features,
+            self.ctx_features,
         )
 
     def indicator(self, axis: str) -> sp.csr_matrix:

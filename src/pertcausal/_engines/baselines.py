@@ -31,7 +31,9 @@ def mean_over_perturbations(grid: Grid, qp: np.ndarray, qc: np.ndarray, **_: obj
     return Prediction(_fallback(means, counts, qc, grid.y.mean(0)))
 
 
-def additive(grid: Grid, qp: np.ndarray, qc: np.ndarray, *, n_iter: int = 50, tol: float = 1e-6, **_: object) -> Prediction:
+def additive(
+    grid: Grid, qp: np.ndarray, qc: np.ndarray, *, n_iter: int = 50, tol: float = 1e-6, **_: object
+) -> Prediction:
     """Two-way additive model ``effect[p, c] = mu + a[p] + b[c]`` per gene, fitted by least squares.
 
     Fitted by alternating (backfitting) updates on the observed pairs only; a perturbation

@@ -8,7 +8,9 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def track(iterable: Iterable[T], *, enabled: bool = True, description: str = "", total: int | None = None) -> Iterable[T]:
+def track(
+    iterable: Iterable[T], *, enabled: bool = True, description: str = "", total: int | None = None
+) -> Iterable[T]:
     """Wrap ``iterable`` in a tqdm progress bar when ``enabled``."""
     if not enabled:
         return iterable

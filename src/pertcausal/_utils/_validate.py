@@ -46,9 +46,7 @@ def get_modality(data: AnnData | MuData, mod: str | None) -> AnnData:
 def check_obs_key(adata: AnnData, key: str, *, argname: str, where: str = "adata") -> None:
     """Raise a KeyError naming ``key`` when it is not an obs column."""
     if key not in adata.obs.columns:
-        raise KeyError(
-            f"{argname} {key!r} is not a column of {where}.obs; columns are: {_list(adata.obs.columns)}"
-        )
+        raise KeyError(f"{argname} {key!r} is not a column of {where}.obs; columns are: {_list(adata.obs.columns)}")
 
 
 def check_labels(present: Sequence[Any], wanted: Iterable[Any], *, argname: str, key: str) -> None:

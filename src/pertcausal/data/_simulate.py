@@ -26,8 +26,14 @@ def _factors(n_perturbations: int, n_contexts: int, n_genes: int, rank: int, rng
     w = rng.standard_normal((rank, n_genes)) * (rng.random((rank, n_genes)) < 0.3) * 0.6
     v = rng.standard_normal((rank, n_genes)) * 0.5
     m = rng.normal(-np.log(n_genes), 1.0, n_genes)
-    return {"perturbation_factors": a, "context_factors": b, "gene_loadings": w, "context_state": u,
-            "baseline_loadings": v, "gene_mean": m}
+    return {
+        "perturbation_factors": a,
+        "context_factors": b,
+        "gene_loadings": w,
+        "context_state": u,
+        "baseline_loadings": v,
+        "gene_mean": m,
+    }
 
 
 def _observed_pattern(n_perturbations: int, n_contexts: int, frac: float, rng: np.random.Generator) -> np.ndarray:
@@ -204,7 +210,9 @@ def simulate_screen(
         },
         index=[f"cell{i}" for i in range(len(counts))],
     )
-    rna = AnnData(X=sp.csr_matrix(counts[order]), obs=obs, var=pd.DataFrame(index=[f"G{i:04d}" for i in range(n_genes)]))
+    rna = AnnData(
+        X=sp.csr_matrix(counts[order]), obs=obs, var=pd.DataFrame(index=[f"G{i:04d}" for i in range(n_genes)])
+    )
     with mudata.set_options(pull_on_update=False):
         mdata = mudata.MuData({"rna": rna})
     mdata.uns["true_effect"] = truth.astype(np.float32)

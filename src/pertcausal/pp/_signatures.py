@@ -179,7 +179,9 @@ def signatures(
         )
     if dropped.any():
         names = [f"{perts[p]}{SEP}{ctxs[c]} ({n})" for p, c, n in zip(g_pert[dropped], g_ctx[dropped], counts[dropped])]
-        logger.warning("dropped %d pair(s) with fewer than min_cells=%d cells: %s", dropped.sum(), min_cells, _list(names))
+        logger.warning(
+            "dropped %d pair(s) with fewer than min_cells=%d cells: %s", dropped.sum(), min_cells, _list(names)
+        )
 
     rows = np.flatnonzero(keep)
     used_ctx = np.flatnonzero(ctrl_row >= 0)
@@ -203,7 +205,9 @@ def signatures(
         var=pd.DataFrame(index=adata.var_names.copy()),
         layers={"mean": means[rows].astype(np.float32)},
     )
-    out.uns["control_mean"] = pd.DataFrame(ctrl_means.astype(np.float32), index=ctx_cats, columns=adata.var_names.copy())
+    out.uns["control_mean"] = pd.DataFrame(
+        ctrl_means.astype(np.float32), index=ctx_cats, columns=adata.var_names.copy()
+    )
     out.uns["control_n_cells"] = {c: int(n) for c, n in zip(ctx_cats, ctrl_count[used_ctx])}
     out.uns["signatures"] = {
         "params": {

@@ -153,7 +153,9 @@ def evaluate_imputation(
     if not frames:
         raise ValueError(f"no fold had both training and held-out pairs with holdout={holdout!r}")
     out = pd.concat(frames, ignore_index=True)
-    pooled = {label: pooled_pearson(np.vstack(truths[label]), np.vstack(preds[label])) for label in specs if truths[label]}
+    pooled = {
+        label: pooled_pearson(np.vstack(truths[label]), np.vstack(preds[label])) for label in specs if truths[label]
+    }
     out["pooled_pearson"] = out["method"].map(pooled)
     out["method"] = pd.Categorical(out["method"], categories=list(specs))
     return out

@@ -32,12 +32,16 @@ def grid_from_signatures(
             )
     if sig.n_obs == 0:
         raise ValueError("the signatures AnnData has no observed pair")
-    pert = pd.Categorical(sig.obs["perturbation"].astype(str)) if not isinstance(
-        sig.obs["perturbation"].dtype, pd.CategoricalDtype
-    ) else sig.obs["perturbation"].cat.remove_unused_categories().values
-    ctx = pd.Categorical(sig.obs["context"].astype(str)) if not isinstance(
-        sig.obs["context"].dtype, pd.CategoricalDtype
-    ) else sig.obs["context"].values
+    pert = (
+        pd.Categorical(sig.obs["perturbation"].astype(str))
+        if not isinstance(sig.obs["perturbation"].dtype, pd.CategoricalDtype)
+        else sig.obs["perturbation"].cat.remove_unused_categories().values
+    )
+    ctx = (
+        pd.Categorical(sig.obs["context"].astype(str))
+        if not isinstance(sig.obs["context"].dtype, pd.CategoricalDtype)
+        else sig.obs["context"].values
+    )
     perts = pd.Index(pert.categories.astype(str))
     ctxs = pd.Index(ctx.categories.astype(str))
     pc = pd.Series(pert.codes.astype(np.int64) * len(ctxs) + ctx.codes.astype(np.int64))
@@ -54,7 +58,12 @@ def grid_from_signatures(
         baseline = cm.loc[list(ctxs), sig.var_names].to_numpy(np.float64)
         check_finite(baseline, what="signatures uns['control_mean']")
     grid = Grid(
-        y, pert.codes, ctx.codes, len(perts), len(ctxs), baseline,
+        y,
+        pert.codes,
+        ctx.codes,
+        len(perts),
+        len(ctxs),
+        baseline,
         _align(perturbation_features, perts, "perturbation_features"),
         _align(context_features, ctxs, "context_features"),
     )

@@ -116,13 +116,23 @@ def impute(
         raise ValueError(f"key_added must be a non-empty string, got {key_added!r}")
     cell_level = perturbation_key is not None or context_key is not None or control is not None
     if cell_level:
-        missing = [n for n, v in (("perturbation_key", perturbation_key), ("context_key", context_key),
-                                   ("control", control)) if v is None]
+        missing = [
+            n
+            for n, v in (("perturbation_key", perturbation_key), ("context_key", context_key), ("control", control))
+            if v is None
+        ]
         if missing:
-            raise ValueError(f"cell-level input needs perturbation_key, context_key and control; missing: {_list(missing)}")
+            raise ValueError(
+                f"cell-level input needs perturbation_key, context_key and control; missing: {_list(missing)}"
+            )
         sig = signatures(
-            data, mod=mod, perturbation_key=perturbation_key, context_key=context_key,
-            control=control, layer=layer, min_cells=min_cells,
+            data,
+            mod=mod,
+            perturbation_key=perturbation_key,
+            context_key=context_key,
+            control=control,
+            layer=layer,
+            min_cells=min_cells,
         )
     elif is_mudata(data):
         raise ValueError(
@@ -194,7 +204,7 @@ def impute(
         "n_observed": int(grid.n_obs),
         "n_imputed": int(len(qp)),
         "seconds": float(seconds),
-        "method_kwargs": _h5_safe({k: v for k, v in method_kwargs.items()}),
+        "method_kwargs": _h5_safe(dict(method_kwargs)),
         "engine_info": _h5_safe({k: v for k, v in pred.info.items() if not isinstance(v, np.ndarray)}),
     }
     if cell_level:
