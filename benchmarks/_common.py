@@ -1,0 +1,107 @@
+"""Small helpers shared by the benchmark scripts: paths, machine description, markdown tables."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import subprocess
+from collections.abc import Iterable, Sequence
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def cpu_model() -> str:
+    """CPU model name from ``/proc/cpuinfo`` (falls back to :func:`platform.processor`)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def n_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def _version(pkg: str) -> str:
+    try:
+        return version(pkg)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def git_revision() -> str:
+    """Short commit of the repository, with ``+dirty`` when the working tree has changes."""
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True,
+                               check=True).stdout.strip()
+        return rev + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def machine_info(packages: Iterable[str] = ("pertcausal", "numpy", "torch")) -> dict[str, str]:
+    """Where and with what a benchmark ran: CPU, cores, GPU, Python, package versions, date."""
+    info = {
+        "date": _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        "cpu": cpu_model(),
+        "cores": str(n_cores()),
+        "gpu": "none",
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "git": git_revision(),
+    }
+    if hasattr(os, "getloadavg"):  # other work on the machine inflates timings
+        info["load average (1/5/15 min)"] = " / ".join(f"{v:.2f}" for v in os.getloadavg())
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    for pkg in packages:
+        info[pkg] = _version(pkg)
+    return info
+
+
+def machine_markdown(info: dict[str, str]) -> str:
+    """A machine description as a markdown bullet list."""
+    return "\n".join(f"- **{k}**: {v}" for k, v in info.items())
+
+
+def markdown_table(rows: Sequence[Sequence[object]], header: Sequence[str], *, digits: int = 3) -> str:
+    """A GitHub-flavoured markdown table; floats are rounded to ``digits`` decimals, text left-aligned."""
+
+    def fmt(v: object) -> str:
+        if isinstance(v, float):
+            return "nan" if v != v else f"{v:.{digits}f}"
+        return str(v)
+
+    cells = [[fmt(v) for v in row] for row in rows]
+    def is_number(v: object) -> bool:
+        if isinstance(v, int | float):
+            return True
+        try:
+            float(str(v))
+        except ValueError:
+            return False
+        return True
+
+    numeric = [bool(rows) and all(is_number(row[j]) for row in rows) for j in range(len(header))]
+    align = ["---:" if num else ":---" for num in numeric]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
+    lines += ["| " + " | ".join(row) + " |" for row in cells]
+    return "\n".join(lines)
