@@ -48,6 +48,9 @@ def python3_kernel(tmp_path, monkeypatch) -> str:
     }
     (spec_dir / "kernel.json").write_text(json.dumps(spec))
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path))
+    # the kernel inherits the environment: MPLBACKEND=Agg would replace the inline backend
+    # and the notebook would show no figure
+    monkeypatch.delenv("MPLBACKEND", raising=False)
     return "python3"
 
 
