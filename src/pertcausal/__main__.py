@@ -19,6 +19,7 @@ def demo(out: Path, *, seed: int = 0, device: str = "auto", show_progress: bool 
 
     import pertcausal as pc
     from pertcausal._engines.metrics import pooled_pearson, profile_metrics
+    from pertcausal.tl._evaluate import DEFAULT_METHODS
 
     out.mkdir(parents=True, exist_ok=True)
     mdata = pc.data.simulate_screen(n_perturbations=40, n_contexts=8, n_genes=200, frac_observed=0.4, seed=seed)
@@ -29,14 +30,7 @@ def demo(out: Path, *, seed: int = 0, device: str = "auto", show_progress: bool 
     )
     truth = mdata.uns["true_effect"]
     rows = []
-    for method in (
-        "ntk",
-        "synthetic_interventions",
-        "additive",
-        "mean_over_contexts",
-        "mean_over_perturbations",
-        "soft_impute",
-    ):
+    for method in DEFAULT_METHODS:
         t0 = time.perf_counter()
         pc.tl.impute(
             mdata,
