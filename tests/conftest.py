@@ -9,6 +9,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 KANG = DATA / "kang2018-ifnb-muscat" / "kang2018_ifnb_muscat_subset.h5ad"
 PAPALEXI = DATA / "papalexi2021-thp1-sceptre" / "papalexi2021_thp1_299genes.h5ad"
+TGGATES = DATA / "tggates-small-toxicogx" / "tggates_small_hepatocyte.h5ad"
+L1000 = DATA / "l1000-cmapr-3drugs-65lines" / "l1000_cmapr_modz_n272x978.h5ad"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -54,6 +56,24 @@ def papalexi_cells():
 
     _need(PAPALEXI)
     return ad.read_h5ad(PAPALEXI)
+
+
+@pytest.fixture(scope="session")
+def tggates_arrays():
+    """TG-GATEs hepatocyte arrays (log2 levels, matched vehicle controls; session-scoped: copy before modifying)."""
+    import anndata as ad
+
+    _need(TGGATES)
+    return ad.read_h5ad(TGGATES)
+
+
+@pytest.fixture(scope="session")
+def l1000_signatures():
+    """CMap L1000 level-5 signatures, 3 drugs x 65 cell lines (effects; session-scoped)."""
+    import anndata as ad
+
+    _need(L1000)
+    return ad.read_h5ad(L1000)
 
 
 @pytest.fixture(scope="session")

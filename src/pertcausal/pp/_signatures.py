@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .._utils._validate import _list, check_finite, check_labels, check_obs_key, get_matrix, get_modality
+from .._utils._validate import _list, check_choice, check_finite, check_obs_key, get_matrix, get_modality
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("pertcausal")
 
 SEP = "|"
+POOLS = ("mean", "median", "max_norm")
 
 
 def _looks_like_counts(x: np.ndarray | sp.spmatrix, n_check: int = 100_000) -> bool:
@@ -38,66 +40,187 @@ def _log_normalize(x: np.ndarray | sp.spmatrix, target_sum: float) -> np.ndarray
     return np.log1p(np.asarray(x, dtype=np.float64) * scale[:, None])
 
 
-def _codes(series: pd.Series) -> tuple[np.ndarray, pd.Index]:
-    cat = pd.Categorical(series.astype(str))
+def _keys(value: str | Sequence[str] | None, argname: str) -> list[str]:
+    if value is None:
+        return []
+    keys = [value] if isinstance(value, str) else list(value)
+    if not keys or not all(isinstance(k, str) for k in keys):
+        raise TypeError(f"{argname} must be an obs column name or a non-empty list of them, got {value!r}")
+    return keys
+
+
+def _joined(obs: pd.DataFrame, keys: list[str], sep: str) -> pd.Series:
+    """One string label per row from one or several obs columns."""
+    out = obs[keys[0]].astype(str)
+    for k in keys[1:]:
+        out = out + sep + obs[k].astype(str)
+    return out
+
+
+def _selection(obs: pd.DataFrame, select: Mapping[str, Any] | None, where: str) -> np.ndarray:
+    """Boolean mask of the rows kept by ``select`` (``{obs key: value or list of values}``)."""
+    keep = np.ones(len(obs), dtype=bool)
+    for key, values in (select or {}).items():
+        if key not in obs.columns:
+            raise KeyError(f"select key {key!r} is not a column of {where}.obs; columns are: {_list(obs.columns)}")
+        wanted = [values] if isinstance(values, str) or not isinstance(values, Sequence) else list(values)
+        col = obs[key]
+        present = set(col.astype(str))
+        missing = [v for v in wanted if str(v) not in present]
+        if missing:
+            raise ValueError(
+                f"select: value(s) {_list(missing)} not found in obs[{key!r}]; values are: {_list(sorted(present))}"
+            )
+        keep &= col.astype(str).isin([str(v) for v in wanted]).to_numpy()
+    if not keep.any():
+        raise ValueError(f"select={dict(select or {})!r} keeps no row of {where}")
+    return keep
+
+
+def _codes(labels: pd.Series) -> tuple[np.ndarray, pd.Index]:
+    cat = pd.Categorical(labels)
     return cat.codes.astype(np.int64), pd.Index(cat.categories.astype(str))
+
+
+def _group_stats(
+    x: np.ndarray | sp.spmatrix, code: np.ndarray, n_groups: int, *, normalize: bool, target_sum: float, chunk: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sums, sums of squares and counts per group (``code < 0``: row unused), in chunks of rows.
+
+    Each chunk is one sparse indicator (groups x rows) product with the (sparse) expression: no loop over rows.
+    """
+    g = x.shape[1]
+    sums = np.zeros((n_groups, g))
+    sumsq = np.zeros((n_groups, g))
+    for start in range(0, x.shape[0], chunk):
+        stop = min(start + chunk, x.shape[0])
+        c = code[start:stop]
+        rows = np.flatnonzero(c >= 0)
+        if not len(rows):
+            continue
+        block = x[start:stop][rows] if sp.issparse(x) else np.asarray(x[start:stop])[rows]
+        if normalize:
+            block = _log_normalize(block, target_sum)
+        elif sp.issparse(block):
+            block = sp.csr_matrix(block, dtype=np.float64)
+        else:
+            block = np.asarray(block, dtype=np.float64)
+        ind = sp.csr_matrix((np.ones(len(rows)), (c[rows], np.arange(len(rows)))), shape=(n_groups, len(rows)))
+        sq = block.multiply(block) if sp.issparse(block) else block * block
+        for acc, part in ((sums, ind @ block), (sumsq, ind @ sq)):
+            acc += part.toarray() if sp.issparse(part) else np.asarray(part)
+    counts = np.bincount(code[code >= 0], minlength=n_groups).astype(np.float64)
+    return sums, sumsq, counts
+
+
+def _dense_rows(x: np.ndarray | sp.spmatrix, rows: np.ndarray, *, normalize: bool, target_sum: float) -> np.ndarray:
+    block = x[rows]
+    if normalize:
+        block = _log_normalize(block, target_sum)
+    return block.toarray() if sp.issparse(block) else np.asarray(block, dtype=np.float64)
+
+
+def _standardized_sum(e: np.ndarray, unit_pair: np.ndarray, n_pairs: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per pair: sum of the row-standardised (centred, unit-norm) profiles ``e`` and how many had non-zero spread."""
+    ec = e - e.mean(1, keepdims=True)
+    norm = np.linalg.norm(ec, axis=1)
+    ok = norm > 0
+    z = np.divide(ec, norm[:, None], out=np.zeros_like(ec), where=ok[:, None])
+    ind = sp.csr_matrix((np.ones(len(unit_pair)), (unit_pair, np.arange(len(unit_pair)))), shape=(n_pairs, len(e)))
+    return np.asarray(ind @ z), np.bincount(unit_pair[ok], minlength=n_pairs).astype(np.float64)
 
 
 def signatures(
     data: AnnData | MuData,
     *,
     mod: str = "rna",
-    perturbation_key: str,
-    context_key: str,
-    control: str,
+    perturbation_key: str | Sequence[str],
+    context_key: str | Sequence[str],
+    control: str | None,
+    control_match: str | Sequence[str] | None = None,
+    replicate_key: str | None = None,
+    select: Mapping[str, Any] | None = None,
+    pool: Literal["mean", "median", "max_norm"] = "mean",
     layer: str | None = None,
-    min_cells: int = 10,
+    min_cells: int | None = None,
     normalize: bool | None = None,
     target_sum: float = 1e4,
+    key_sep: str = "_",
     chunk_size: int = 100_000,
 ) -> AnnData:
-    """Mean effect of every perturbation in every context where it was measured.
+    """Effect of every perturbation in every context where it was measured.
 
-    The effect of perturbation ``p`` in context ``c`` is the mean normalised log expression of
-    the cells of ``(p, c)`` minus the mean of the control cells of context ``c``. All group means
-    come from one pass over the cells in chunks, as products of a sparse group-indicator matrix
-    with the (sparse) expression matrix: no loop over cells.
+    With a ``control``, the effect of perturbation ``p`` in context ``c`` is the mean normalised log
+    expression of the observations (cells or samples) of ``(p, c)`` minus the mean of their matched
+    controls: by default the control observations of the same context, or with ``control_match``
+    those sharing the values of the ``control_match`` keys (plate, batch, compound, time, ...). When a
+    treated group spans several control groups, every observation is compared with its own
+    (``effect = mean over observations of (x - matched control mean)``). With ``control=None`` the
+    input already holds effects (z-scores, log fold changes, CMap signatures) and is only pooled
+    per pair. Group sums come from passes over the rows in chunks, as products of a sparse
+    group-indicator matrix with the (sparse) expression matrix: no loop over cells.
 
     Parameters
     ----------
     data
-        Cell-level MuData (the modality ``mod`` is used) or AnnData.
+        Cell- or sample-level MuData (the modality ``mod`` is used) or AnnData.
     mod
         Modality of a MuData to read; ignored for an AnnData.
     perturbation_key
-        ``obs`` column with the perturbation of each cell.
+        ``obs`` column(s) with the perturbation of each observation; several columns (e.g.
+        ``["compound", "dose"]``) are joined with ``key_sep`` into one label.
     context_key
-        ``obs`` column with the context of each cell (cell type, cell line, donor, ...).
+        ``obs`` column(s) with the context (cell type, cell line, donor, or e.g.
+        ``["dose_level", "time"]``); several columns are joined with ``key_sep``.
     control
-        Label of the control cells in ``obs[perturbation_key]``.
+        Label of the control observations in the first ``perturbation_key`` column, or ``None`` for
+        input that already holds effects (nothing is subtracted).
+    control_match
+        ``obs`` column(s) whose values a treated observation shares with its controls. ``None``
+        matches on the context; include the context column(s) here to require both.
+    replicate_key
+        ``obs`` column with the replicate (donor, well, replicate id) of each observation. Replicates
+        are then the units of the standard error, of the agreement figure and of ``pool``;
+        ``None`` makes every observation a replicate.
+    select
+        Keep only the observations whose ``obs[key]`` is one of the given values, e.g.
+        ``{"time": "24 h", "dose": ["10 uM", "3 uM"]}`` to choose doses/times before pooling.
+    pool
+        How the replicates of a pair are combined into its signature: ``"mean"`` (observations
+        weighted equally), ``"median"`` (per gene, over replicates) or ``"max_norm"`` (the replicate
+        effect with the largest norm, e.g. the strongest dose).
     layer
         Layer to read (``None`` for ``.X``).
     min_cells
-        Pairs with fewer cells are dropped (with a warning); a perturbation left with no pair,
-        or a context whose controls have fewer cells, is an error.
+        Pairs with fewer observations are dropped (with a warning); a perturbation left with no pair,
+        or a control group with fewer observations that a pair needs, is an error. Default 10 with a
+        control and 1 for effect input.
     normalize
-        Normalise counts per cell to ``target_sum`` and log1p them. ``None`` does so when the
-        matrix holds non-negative integers (raw counts) and uses the values as they are otherwise.
+        Normalise counts per observation to ``target_sum`` and log1p them. ``None`` does so when the
+        matrix holds non-negative integers (raw counts) and a control is given.
     target_sum
         Library size after normalisation.
+    key_sep
+        Separator of the labels joined from several keys.
     chunk_size
-        Cells per chunk; bounds the memory used beyond the group means.
+        Rows per chunk; bounds the memory used beyond the group statistics.
 
     Returns
     -------
     AnnData with one row per observed (perturbation, context) pair (``obs_names`` are
     ``"perturbation|context"``), the genes of ``data`` as ``var``, and
 
-    - ``X``: the effect (pair mean minus control mean of its context);
-    - ``layers["mean"]``: the pair's mean normalised log expression;
-    - ``obs["perturbation"]``, ``obs["context"]`` (categoricals) and ``obs["n_cells"]``;
-    - ``uns["control_mean"]``: DataFrame of control means, contexts x genes;
-    - ``uns["control_n_cells"]``: dict of control cell counts per context;
+    - ``X``: the effect;
+    - ``layers["se"]``: per-gene standard error of the effect (NaN with a single replicate);
+      replicate variation of the pair plus that of its matched controls;
+    - ``layers["mean"]``: the pair's mean level (with a control);
+    - ``obs["perturbation"]``, ``obs["context"]`` (categoricals), the key columns when several keys
+      were joined, ``obs["n_cells"]`` (observations), ``obs["n_replicates"]`` and
+      ``obs["replicate_agreement"]``: mean pairwise Pearson correlation of the replicates' effects
+      (NaN with fewer than 2 replicates);
+    - ``uns["control_mean"]``: DataFrame of control means, contexts x genes (with a control; with
+      ``control_match`` the mean of the matched controls of the context's pairs);
+    - ``uns["control_n_cells"]``: control observations per context;
     - ``uns["signatures"]["params"]``: how the signatures were made.
 
     Examples
@@ -108,113 +231,311 @@ def signatures(
     ...     mdata, perturbation_key="perturbation", context_key="context", control="control"
     ... )
     >>> sig.obs[["perturbation", "context", "n_cells"]].head(2)  # doctest: +SKIP
+
+    A bulk drug screen with vehicle controls matched by compound and time, and dose x time as the
+    context (TG-GATEs layout)::
+
+        sig = pc.pp.signatures(
+            adata, perturbation_key="perturbation", context_key=["dose_level", "time"],
+            control="control", control_match=["matched_drug", "time"], replicate_key="replicate",
+            min_cells=1,
+        )
     """
     from anndata import AnnData
 
     adata = get_modality(data, mod)
     where = f"mdata[{mod!r}]" if adata is not data else "adata"
-    check_obs_key(adata, perturbation_key, argname="perturbation_key", where=where)
-    check_obs_key(adata, context_key, argname="context_key", where=where)
+    pkeys = _keys(perturbation_key, "perturbation_key")
+    ckeys = _keys(context_key, "context_key")
+    mkeys = _keys(control_match, "control_match")
+    for argname, keys in (("perturbation_key", pkeys), ("context_key", ckeys), ("control_match", mkeys)):
+        for k in keys:
+            check_obs_key(adata, k, argname=argname, where=where)
+    if replicate_key is not None:
+        check_obs_key(adata, replicate_key, argname="replicate_key", where=where)
+    check_choice(pool, POOLS, argname="pool")
+    if min_cells is None:
+        min_cells = 10 if control is not None else 1
     if min_cells < 1:
         raise ValueError(f"min_cells must be >= 1, got {min_cells}")
-    pert_codes, perts = _codes(adata.obs[perturbation_key])
-    ctx_codes, ctxs = _codes(adata.obs[context_key])
-    check_labels(perts, [control], argname="control", key=perturbation_key)
+    if mkeys and control is None:
+        raise ValueError("control_match needs a control; with control=None the input is taken as effects")
+    obs = adata.obs
+    keep = _selection(obs, select, where)
+
     x = get_matrix(adata, layer, where=where)
     check_finite(x, what=f"{where}.{'X' if layer is None else f'layers[{layer!r}]'}")
     if normalize is None:
-        normalize = _looks_like_counts(x)
+        normalize = control is not None and _looks_like_counts(x)
     if sp.issparse(x):
         x = sp.csr_matrix(x)
 
-    # one pass over the cells: sparse indicator (groups x cells) @ expression (cells x genes)
-    n_ctx = len(ctxs)
-    group = pert_codes * n_ctx + ctx_codes
-    uniq, inv = np.unique(group, return_inverse=True)
-    n_groups = len(uniq)
-    sums = np.zeros((n_groups, adata.n_vars), dtype=np.float64)
-    for start in range(0, adata.n_obs, chunk_size):
-        stop = min(start + chunk_size, adata.n_obs)
-        chunk = x[start:stop]
-        if normalize:
-            chunk = _log_normalize(chunk, target_sum)
-        ind = sp.csr_matrix(
-            (np.ones(stop - start), (inv[start:stop], np.arange(stop - start))), shape=(n_groups, stop - start)
-        )
-        prod = ind @ chunk
-        sums += prod.toarray() if sp.issparse(prod) else np.asarray(prod)
-    counts = np.bincount(inv, minlength=n_groups)
-    means = sums / counts[:, None]
-    g_pert, g_ctx = uniq // n_ctx, uniq % n_ctx
+    # roles: control rows and treated rows (among the selected ones)
+    if control is not None:
+        first = obs[pkeys[0]].astype(str)
+        if not (first == str(control)).any():
+            raise ValueError(
+                f"control {control!r} not found in obs[{pkeys[0]!r}]; labels are: {_list(sorted(set(first)))}"
+            )
+        is_ctrl = (first == str(control)).to_numpy() & keep
+    else:
+        if _looks_like_counts(x):
+            raise ValueError(
+                f"control=None takes {where} for effects, but it holds non-negative integers (raw counts?); "
+                "pass control= to subtract a control"
+            )
+        is_ctrl = np.zeros(len(obs), dtype=bool)
+    treated = keep & ~is_ctrl
+    if not treated.any():
+        raise ValueError(f"no perturbed observation left in {where} (all rows are controls or not selected)")
+    match_keys = mkeys or ckeys
+    needed = {"perturbation_key": pkeys, "context_key": ckeys, "control_match": mkeys}
+    for argname, keys in needed.items():
+        for k in keys:
+            bad = obs[k].isna().to_numpy() & (treated | (is_ctrl if k in match_keys else False))
+            if bad.any():
+                raise ValueError(
+                    f"{argname} {k!r} has {int(bad.sum())} missing value(s) in obs of {where} "
+                    f"(e.g. {_list(obs.index[bad][:5])}); fill or drop them first"
+                )
+    if replicate_key is not None:
+        bad = obs[replicate_key].isna().to_numpy() & (treated | is_ctrl)
+        if bad.any():
+            raise ValueError(f"replicate_key {replicate_key!r} has {int(bad.sum())} missing value(s) in {where}.obs")
 
-    ctrl = int(perts.get_loc(control))
-    is_ctrl = g_pert == ctrl
-    ctrl_row = np.full(n_ctx, -1)
-    ctrl_row[g_ctx[is_ctrl]] = np.flatnonzero(is_ctrl)
-    ctrl_count = np.where(ctrl_row >= 0, counts[np.maximum(ctrl_row, 0)], 0)
-    treated_ctx = np.unique(g_ctx[~is_ctrl])
-    no_ctrl = [ctxs[c] for c in treated_ctx if ctrl_count[c] == 0]
-    if no_ctrl:
-        raise ValueError(
-            f"context(s) {_list(no_ctrl)} of obs[{context_key!r}] have perturbed cells but no control cells "
-            f"({perturbation_key} == {control!r}); every context needs its own controls"
-        )
-    few_ctrl = [f"{ctxs[c]} ({ctrl_count[c]})" for c in treated_ctx if ctrl_count[c] < min_cells]
-    if few_ctrl:
-        raise ValueError(
-            f"context(s) {_list(few_ctrl)} have fewer than min_cells={min_cells} control cells; "
-            "lower min_cells or drop these contexts"
-        )
+    p_row = _joined(obs, pkeys, key_sep).to_numpy()
+    c_row = _joined(obs, ckeys, key_sep).to_numpy()
+    p_code, p_names = _codes(pd.Series(p_row[treated]))
+    c_code, c_names = _codes(pd.Series(c_row[treated]))
+    pair_keys, pair_code = np.unique(p_code * len(c_names) + c_code, return_inverse=True)
+    p_lab = np.asarray(p_names, dtype=object)[pair_keys // len(c_names)]
+    c_lab = np.asarray(c_names, dtype=object)[pair_keys % len(c_names)]
+    pair_names = np.asarray([f"{a}{SEP}{b}" for a, b in zip(p_lab, c_lab)], dtype=object)
+    pair_of_row = np.full(len(obs), -1)
+    pair_of_row[treated] = pair_code
+    n_pairs = len(pair_names)
+    rep_of_row = (
+        _codes(obs[replicate_key].astype(str))[0] if replicate_key is not None else np.zeros(len(obs), dtype=np.int64)
+    )
+    n_rep = int(rep_of_row.max()) + 1
+    if control is not None:
+        m_lab = _joined(obs, match_keys, key_sep).to_numpy()
+        used = treated | is_ctrl
+        m_code_used, m_names = _codes(pd.Series(m_lab[used]))
+        m_of_row = np.full(len(obs), -1)
+        m_of_row[used] = m_code_used
+    else:
+        m_names = pd.Index(["-"])
+        m_of_row = np.where(treated, 0, -1)
+    n_m = len(m_names)
 
-    keep = ~is_ctrl & (counts >= min_cells)
-    dropped = ~is_ctrl & ~keep
-    treated_perts = np.unique(g_pert[~is_ctrl])
-    kept_perts = set(g_pert[keep].tolist())
-    empty = [perts[p] for p in treated_perts if p not in kept_perts]
+    # fine groups: treated (pair, match, replicate) and control (match, replicate); one pass for their sums
+    fine = np.full(len(obs), -1, dtype=np.int64)
+    key = np.where(treated, (pair_of_row * n_m + m_of_row) * n_rep + rep_of_row, -1)
+    t_keys, t_inv = np.unique(key[treated], return_inverse=True)
+    fine[treated] = t_inv
+    n_t = len(t_keys)
+    c_keys = np.empty(0, dtype=np.int64)
+    if is_ctrl.any():
+        c_keys, c_inv = np.unique(m_of_row[is_ctrl] * n_rep + rep_of_row[is_ctrl], return_inverse=True)
+        fine[is_ctrl] = n_t + c_inv
+    sums, sumsq, counts = _group_stats(
+        x, fine, n_t + len(c_keys), normalize=normalize, target_sum=target_sum, chunk=chunk_size
+    )
+    f_pair, rest = np.divmod(t_keys, n_m * n_rep)
+    f_m, f_rep = np.divmod(rest, n_rep)
+    n_genes = adata.n_vars
+
+    # control means and within-group spread per match group
+    c_m = c_keys // n_rep
+    ctrl_sum = np.zeros((n_m, n_genes))
+    ctrl_sq = np.zeros((n_m, n_genes))
+    ctrl_n = np.zeros(n_m)
+    np.add.at(ctrl_sum, c_m, sums[n_t:])
+    np.add.at(ctrl_sq, c_m, sumsq[n_t:])
+    np.add.at(ctrl_n, c_m, counts[n_t:])
+    ctrl_mean = np.divide(ctrl_sum, ctrl_n[:, None], out=np.zeros_like(ctrl_sum), where=ctrl_n[:, None] > 0)
+
+    # per pair: observations, controls, and names
+    pair_n = np.bincount(f_pair, weights=counts[:n_t], minlength=n_pairs)
+    if control is not None:
+        lacking = sorted({(int(p), int(m)) for p, m in zip(f_pair, f_m) if ctrl_n[m] == 0})
+        if lacking:
+            desc = [f"{pair_names[p]!r} ({', '.join(match_keys)}={m_names[m]!r})" for p, m in lacking[:20]]
+            raise ValueError(
+                f"treated group(s) {', '.join(desc)}{' ...' if len(lacking) > 20 else ''} have no control "
+                f"observations ({pkeys[0]} == {control!r}) with the same {'/'.join(match_keys)}; "
+                "every treated group needs matched controls"
+            )
+    keep_pair = pair_n >= min_cells
+    all_perts = sorted(set(p_lab))
+    kept_perts = {p for p, k in zip(p_lab, keep_pair) if k}
+    empty = [p for p in all_perts if p not in kept_perts]
     if empty:
-        total = {perts[p]: int(counts[~is_ctrl & (g_pert == p)].sum()) for p in treated_perts if p not in kept_perts}
+        total = {p: int(sum(n for q, n in zip(p_lab, pair_n) if q == p)) for p in empty}
         raise ValueError(
             f"perturbation(s) {_list(empty)} have fewer than min_cells={min_cells} cells in every context "
             f"(cells in total: {total}); lower min_cells or remove them"
         )
-    if dropped.any():
-        names = [f"{perts[p]}{SEP}{ctxs[c]} ({n})" for p, c, n in zip(g_pert[dropped], g_ctx[dropped], counts[dropped])]
+    if control is not None:
+        few = sorted({int(m) for p, m in zip(f_pair, f_m) if keep_pair[p] and ctrl_n[m] < min_cells})
+        if few:
+            names = [f"{m_names[m]} ({int(ctrl_n[m])})" for m in few]
+            raise ValueError(
+                f"control group(s) {_list(names)} of {'/'.join(match_keys)} have fewer than min_cells={min_cells} "
+                "control observations; lower min_cells or drop these groups"
+            )
+    if (~keep_pair).any():
+        names = [f"{pair_names[i]} ({int(pair_n[i])})" for i in np.flatnonzero(~keep_pair)]
         logger.warning(
-            "dropped %d pair(s) with fewer than min_cells=%d cells: %s", dropped.sum(), min_cells, _list(names)
+            "dropped %d pair(s) with fewer than min_cells=%d cells: %s", (~keep_pair).sum(), min_cells, _list(names)
         )
 
-    rows = np.flatnonzero(keep)
-    used_ctx = np.flatnonzero(ctrl_row >= 0)
-    ctrl_means = means[ctrl_row[used_ctx]]
-    ctrl_lookup = np.full(n_ctx, -1)
-    ctrl_lookup[used_ctx] = np.arange(len(used_ctx))
-    effect = means[rows] - ctrl_means[ctrl_lookup[g_ctx[rows]]]
-    pert_cats = [p for p in perts if p != control]
-    ctx_cats = list(ctxs[used_ctx])
-    obs = pd.DataFrame(
+    # effects: every fine group minus its matched control mean, cell-weighted within the pair
+    f_n = counts[:n_t]
+    f_ctrl = ctrl_mean[f_m]
+    pair_sum = np.zeros((n_pairs, n_genes))
+    np.add.at(pair_sum, f_pair, sums[:n_t])
+    pair_ctrl = np.zeros((n_pairs, n_genes))
+    np.add.at(pair_ctrl, f_pair, f_ctrl * f_n[:, None])
+    mean = pair_sum / pair_n[:, None]
+    ref = pair_ctrl / pair_n[:, None]  # cell-weighted matched control mean of the pair
+    effect = mean - ref
+
+    # replicate units (pair, replicate): effects, counts
+    u_key = f_pair * n_rep + f_rep
+    u_keys, u_inv = np.unique(u_key, return_inverse=True)
+    u_pair = u_keys // n_rep
+    u_n = np.bincount(u_inv, weights=f_n)
+    u_eff = np.zeros((len(u_keys), n_genes))
+    np.add.at(u_eff, u_inv, sums[:n_t] - f_ctrl * f_n[:, None])
+    u_eff /= u_n[:, None]
+
+    # treated spread: replicate means (replicate_key) or observations, about the pair effect
+    if replicate_key is not None:
+        n_units = np.bincount(u_pair, minlength=n_pairs).astype(np.float64)
+        dev = np.zeros((n_pairs, n_genes))
+        np.add.at(dev, u_pair, (u_eff - effect[u_pair]) ** 2)
+    else:
+        n_units = pair_n
+        # sum_i (x_i - C_m(i))^2 = sum_f [Q_f - 2 C_m S_f + n_f C_m^2], then minus n * effect^2
+        dev = np.zeros((n_pairs, n_genes))
+        np.add.at(dev, f_pair, sumsq[:n_t] - 2 * f_ctrl * sums[:n_t] + f_n[:, None] * f_ctrl**2)
+        dev = np.maximum(dev - pair_n[:, None] * effect**2, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        var_t = np.where(n_units[:, None] > 1, dev / (n_units[:, None] - 1), np.nan) / n_units[:, None]
+    var_c = np.zeros((n_pairs, n_genes))
+    if control is not None:
+        # variance of each match group's control mean, weighted by the pair's share of observations
+        if replicate_key is not None:
+            cu_n = counts[n_t:]
+            cu_mean = sums[n_t:] / cu_n[:, None]
+            c_units = np.bincount(c_m, minlength=n_m).astype(np.float64)
+            c_dev = np.zeros((n_m, n_genes))
+            np.add.at(c_dev, c_m, (cu_mean - ctrl_mean[c_m]) ** 2)
+        else:
+            c_units = ctrl_n
+            c_dev = np.maximum(ctrl_sq - ctrl_n[:, None] * ctrl_mean**2, 0.0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            v_m = np.where(c_units[:, None] > 1, c_dev / (c_units[:, None] - 1), np.nan) / c_units[:, None]
+        share = np.zeros((n_pairs, n_m))
+        np.add.at(share, (f_pair, f_m), f_n)
+        share /= pair_n[:, None]
+        var_c = (share**2) @ np.nan_to_num(v_m, nan=0.0)
+        single = (share > 0) & ~(c_units > 1)[None, :]
+        var_c[single.any(1)] = np.nan
+    se = np.sqrt(var_t + var_c)
+
+    # replicate agreement: mean pairwise Pearson of the replicate effects, from standardised profiles
+    if replicate_key is not None:
+        zsum, n_ok = _standardized_sum(u_eff, u_pair, n_pairs)
+    else:
+        zsum, n_ok = np.zeros((n_pairs, n_genes)), np.zeros(n_pairs)
+        rows_t = np.flatnonzero(treated & (pair_of_row >= 0))
+        step = max(1, min(chunk_size, 20_000_000 // max(n_genes, 1)))
+        for s in range(0, len(rows_t), step):
+            r = rows_t[s : s + step]
+            e = _dense_rows(x, r, normalize=normalize, target_sum=target_sum) - ctrl_mean[m_of_row[r]]
+            z, ok = _standardized_sum(e, pair_of_row[r], n_pairs)
+            zsum += z
+            n_ok += ok
+    with np.errstate(invalid="ignore", divide="ignore"):
+        agreement = np.where(n_ok > 1, ((zsum**2).sum(1) - n_ok) / (n_ok * (n_ok - 1)), np.nan)
+
+    if pool != "mean":
+        if replicate_key is not None:
+            groups = [u_eff[u_pair == p] for p in range(n_pairs)]
+        else:
+            groups = []
+            for p in range(n_pairs):
+                r = np.flatnonzero(pair_of_row == p)
+                groups.append(_dense_rows(x, r, normalize=normalize, target_sum=target_sum) - ctrl_mean[m_of_row[r]])
+        for p, e in enumerate(groups):
+            if pool == "median":
+                effect[p] = np.median(e, axis=0)
+            else:
+                effect[p] = e[int(np.argmax(np.linalg.norm(e, axis=1)))]
+
+    rows = np.flatnonzero(keep_pair)
+    p_arr, c_arr = p_lab[rows], c_lab[rows]
+    pert_cats = sorted(set(p_arr))
+    ctx_cats = sorted(set(c_arr))
+    if control is not None and not mkeys:  # contexts with controls only are part of the grid too
+        ctx_cats = sorted(set(ctx_cats) | set(c_row[is_ctrl]))
+    out_obs = pd.DataFrame(
         {
-            "perturbation": pd.Categorical(perts[g_pert[rows]], categories=pert_cats),
-            "context": pd.Categorical(ctxs[g_ctx[rows]], categories=ctx_cats),
-            "n_cells": counts[rows].astype(np.int64),
+            "perturbation": pd.Categorical(p_arr, categories=pert_cats),
+            "context": pd.Categorical(c_arr, categories=ctx_cats),
         },
-        index=[f"{p}{SEP}{c}" for p, c in zip(perts[g_pert[rows]], ctxs[g_ctx[rows]])],
+        index=pd.Index(pair_names[rows].astype(str)),
     )
+    if len(pkeys) > 1 or len(ckeys) > 1:  # the joined keys as their own columns
+        first_row = pd.Series(np.arange(len(obs)))[treated].groupby(pair_of_row[treated]).first()
+        for k in dict.fromkeys(pkeys + ckeys):
+            if k not in ("perturbation", "context"):
+                out_obs[k] = obs[k].iloc[first_row.loc[rows].to_numpy()].to_numpy()
+    out_obs["n_cells"] = pair_n[rows].astype(np.int64)
+    n_reps = np.bincount(u_pair, minlength=n_pairs) if replicate_key is not None else pair_n
+    out_obs["n_replicates"] = np.asarray(n_reps)[rows].astype(np.int64)
+    out_obs["replicate_agreement"] = agreement[rows]
+    layers = {"se": se[rows].astype(np.float32)}
+    if control is not None:
+        layers["mean"] = mean[rows].astype(np.float32)
     out = AnnData(
-        X=effect.astype(np.float32),
-        obs=obs,
-        var=pd.DataFrame(index=adata.var_names.copy()),
-        layers={"mean": means[rows].astype(np.float32)},
+        X=effect[rows].astype(np.float32), obs=out_obs, var=pd.DataFrame(index=adata.var_names.copy()), layers=layers
     )
-    out.uns["control_mean"] = pd.DataFrame(
-        ctrl_means.astype(np.float32), index=ctx_cats, columns=adata.var_names.copy()
-    )
-    out.uns["control_n_cells"] = {c: int(n) for c, n in zip(ctx_cats, ctrl_count[used_ctx])}
+    if control is not None:
+        # context baseline: the mean of the matched control groups used by its pairs, weighted by
+        # observations (with the default matching: the controls of the context itself)
+        if mkeys:
+            ctx_code = pd.Categorical(c_arr, categories=ctx_cats).codes
+            pos = np.full(n_pairs, -1)
+            pos[rows] = np.arange(len(rows))
+            sel = pos[f_pair] >= 0
+            used = np.unique(np.stack([ctx_code[pos[f_pair[sel]]], f_m[sel]]), axis=1)
+        else:
+            used = np.stack([np.arange(len(ctx_cats)), m_names.get_indexer(ctx_cats)])
+        base_sum = np.zeros((len(ctx_cats), n_genes))
+        base_n = np.zeros(len(ctx_cats))
+        np.add.at(base_sum, used[0], ctrl_sum[used[1]])
+        np.add.at(base_n, used[0], ctrl_n[used[1]])
+        out.uns["control_mean"] = pd.DataFrame(
+            (base_sum / base_n[:, None]).astype(np.float32), index=ctx_cats, columns=adata.var_names.copy()
+        )
+        out.uns["control_n_cells"] = {c: int(n) for c, n in zip(ctx_cats, base_n)}
     out.uns["signatures"] = {
         "params": {
             "mod": mod if adata is not data else "",
-            "perturbation_key": perturbation_key,
-            "context_key": context_key,
-            "control": control,
+            "perturbation_key": pkeys,
+            "context_key": ckeys,
+            "control": control if control is not None else "None",
+            "control_match": mkeys or ckeys if control is not None else [],
+            "replicate_key": replicate_key if replicate_key is not None else "None",
+            "select": {
+                str(k): [str(v)] if isinstance(v, str) or not isinstance(v, Sequence) else [str(i) for i in v]
+                for k, v in (select or {}).items()
+            },
+            "pool": pool,
             "layer": layer if layer is not None else "X",
             "min_cells": int(min_cells),
             "normalize": bool(normalize),
