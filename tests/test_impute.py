@@ -85,6 +85,41 @@ def test_means_known_values():
     np.testing.assert_allclose(mop, [[3.0, 2.0]])  # C1's only measurement
 
 
+def test_nearest_context_known_answer():
+    """Contexts 0 and 1 respond alike (shared perturbations P0, P1), context 2 the other way round:
+    P2's effect in context 0 is predicted by its effect in context 1, never context 2."""
+    y = np.array(
+        [
+            [1.0, 0.0], [0.9, 0.1], [-1.0, 0.0],  # P0 in contexts 0, 1, 2
+            [0.0, 1.0], [0.1, 0.9], [0.0, -1.0],  # P1
+            [5.0, 5.0], [-7.0, 7.0],  # P2 in contexts 1 and 2 only
+        ]
+    )
+    grid = Grid(y, np.array([0, 0, 0, 1, 1, 1, 2, 2]), np.array([0, 1, 2, 0, 1, 2, 1, 2]), 3, 3)
+    pred = METHODS["nearest_context"](grid, np.array([2]), np.array([0]))
+    np.testing.assert_allclose(pred.values, [[5.0, 5.0]])
+    from pertcausal._engines.baselines import context_similarity
+
+    sim, shared = context_similarity(grid)
+    assert shared[0, 1] == 2 and sim[0, 1] > 0.99 and sim[0, 2] < -0.99
+    assert pred.reliability[0] == pytest.approx(sim[0, 1])
+    # k=2 weights neighbours by positive similarity only: context 2 (negative) gets no weight
+    np.testing.assert_allclose(METHODS["nearest_context"](grid, np.array([2]), np.array([0]), k=2).values, [[5.0, 5.0]])
+
+
+def test_baseline_reliability_is_agreement():
+    y = np.array([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [-1.0, 0.0]])
+    grid = Grid(y, np.array([0, 0, 1, 1, 2]), np.array([0, 1, 0, 1, 0]), 3, 3)
+    moc = METHODS["mean_over_contexts"](grid, np.array([0, 2]), np.array([2, 1]))
+    assert moc.reliability[0] == pytest.approx(1.0)  # both of P0's effects agree
+    assert np.isnan(moc.reliability[1])  # P2 has one measurement: no spread to judge
+    mop = METHODS["mean_over_perturbations"](grid, np.array([2]), np.array([0]))
+    # context 0 holds [1,0], [1,0], [-1,0]: |mean|^2 / mean |e|^2 = (1/3)^2
+    assert mop.reliability[0] == pytest.approx(1 / 9)
+    add = METHODS["additive"](grid, np.array([2]), np.array([1]))
+    assert 0.0 <= add.reliability[0] <= 1.0
+
+
 def test_si_context_is_synthetic_control():
     """One perturbation, control baselines known: SI-Context writes the target context's baseline as a
     combination of donor contexts' baselines and applies the weights to their perturbed levels."""
@@ -270,6 +305,22 @@ def test_evaluate_group_holdout(holdout):
     # a label is held out in exactly one fold
     assert (res.groupby(key, observed=True)["fold"].nunique() == 1).all()
     assert len(res) == sig.n_obs
+
+
+def test_reliability_informativeness_in_summary():
+    from pertcausal._engines.metrics import reliability_informativeness
+
+    err = np.arange(10.0)
+    out = reliability_informativeness(-err, err)  # perfectly informative
+    assert out["reliability_spearman"] == pytest.approx(-1.0)
+    assert out["error_reliable_half"] == pytest.approx(2.0) and out["error_other_half"] == pytest.approx(7.0)
+    assert np.isnan(reliability_informativeness(np.ones(10), err)["reliability_spearman"])
+    sig = pc.data.simulate_effects(n_perturbations=30, n_contexts=6, n_genes=20, seed=3)
+    res = pc.tl.evaluate_imputation(sig, methods=["ntk", "soft_impute"], n_folds=3, progress_bar=False, device="cpu")
+    summary = pc.tl.summarize_imputation(res)
+    assert np.isfinite(summary.loc["ntk", "reliability_spearman"])
+    assert np.isnan(summary.loc["soft_impute", "reliability_spearman"])  # no reliability
+    assert {"rel_error_reliable_half", "rel_error_other_half"} <= set(summary.columns)
 
 
 def test_metric_definitions():

@@ -270,3 +270,45 @@ def test_bad_options():
         ntk(grid, np.array([0]), np.array([0]), solver="cg", device="cpu")
     with pytest.raises(ValueError, match="unknown dtype 'float16'"):
         ntk(grid, np.array([0]), np.array([0]), dtype="float16", device="cpu")
+
+
+# ---------------------------------------------------------------- posterior variance (reliability)
+def _arc_grid(n_train: int = 30, span: float = 1.0) -> Grid:
+    """One context; perturbations on an arc at angles in [0, span] with user features (cos, sin)."""
+    theta = np.linspace(0.0, span, n_train)
+    rng = np.random.default_rng(0)
+    y = np.stack([np.sin(3 * theta), np.cos(2 * theta)], 1) + 0.01 * rng.standard_normal((n_train, 2))
+    angles = np.concatenate([theta, span + np.array([0.05, 0.2, 0.5, 1.0, 2.0])])
+    feats = np.stack([np.cos(angles), np.sin(angles)], 1)
+    return Grid(y, np.arange(n_train), np.zeros(n_train, int), len(angles), 1, pert_features=feats)
+
+
+def test_posterior_variance_zero_at_training_pairs_and_grows_away():
+    grid = _arc_grid()
+    fit = fit_ntk(grid, solver="exact", nugget=0.3, device="cpu", posterior_variance=True)
+    v_train = fit.variance(grid.pert, grid.ctx)
+    np.testing.assert_allclose(v_train, 0.0, atol=1e-8)
+    far = np.arange(grid.n_obs, grid.n_perts)  # increasingly far from the training arc
+    v_far = fit.variance(far, np.zeros(len(far), int))
+    assert np.all(np.diff(v_far) > 0) and v_far[0] > 1e-4 and v_far[-1] <= 1.0
+    # the Nystrom (subset-of-regressors) variance ranks the same queries the same way
+    nys = fit_ntk(grid, solver="nystrom", n_centers=20, nugget=0.3, device="cpu", posterior_variance=True)
+    assert np.all(np.diff(nys.variance(far, np.zeros(len(far), int))) > 0)
+    # ntk() reports it through the prediction, and reliability is one minus it
+    pred = ntk(grid, far, np.zeros(len(far), int), nugget=0.3, device="cpu")
+    np.testing.assert_allclose(pred.variance, v_far, atol=1e-10)
+    np.testing.assert_allclose(pred.reliability, 1 - v_far, atol=1e-10)
+    with pytest.raises(ValueError, match="posterior_variance=True"):
+        fit_ntk(grid, device="cpu").variance(far, np.zeros(len(far), int))
+
+
+def test_posterior_variance_in_impute_output():
+    sig = pc.data.simulate_effects(n_perturbations=30, n_contexts=6, n_genes=20, seed=2)
+    imp = pc.tl.impute(sig, method="ntk", device="cpu", progress_bar=False)
+    obs = imp.obs
+    assert (obs.loc[obs["observed"], "posterior_variance"] == 0).all()
+    q = obs.loc[~obs["observed"]]
+    assert (q["posterior_variance"] > 0).all()
+    np.testing.assert_allclose(q["reliability"], 1 - q["posterior_variance"])
+    off = pc.tl.impute(sig, method="ntk", device="cpu", progress_bar=False, posterior_variance=False)
+    assert "posterior_variance" not in off.obs and off.obs["reliability"].isna().all()

@@ -25,6 +25,7 @@ METHODS: dict[str, Callable[..., Prediction]] = {
     "mean_over_contexts": baselines.mean_over_contexts,
     "mean_over_perturbations": baselines.mean_over_perturbations,
     "additive": baselines.additive,
+    "nearest_context": baselines.nearest_context,
     "soft_impute": baselines.soft_impute,
 }
 

@@ -99,11 +99,30 @@ class Grid:
 
 @dataclass
 class Prediction:
-    """What an engine returns for the queried pairs."""
+    """What an engine returns for the queried pairs.
+
+    ``reliability`` is one number per queried pair, higher meaning more trustworthy (in ``[0, 1]`` for the
+    methods of this package); ``variance`` an optional posterior variance per pair (relative to the prior).
+    """
 
     values: np.ndarray
     reliability: np.ndarray | None = None
     info: dict = field(default_factory=dict)
+    variance: np.ndarray | None = None
+
+
+def group_agreement(grid: Grid, axis: str) -> np.ndarray:
+    """How much the observed effects of every perturbation (``"pert"``) or context (``"ctx"``) agree.
+
+    ``|mean effect|^2 / mean |effect|^2`` in ``[0, 1]``: 1 when all of the group's effects are the same,
+    near 0 when they scatter around zero; NaN for groups with fewer than 2 observed pairs.
+    """
+    means, counts = grid.group_mean(axis)
+    sq, _ = grid.group_mean(axis, (grid.y * grid.y).sum(1, keepdims=True))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = (means * means).sum(1) / sq[:, 0]
+    out[counts < 2] = np.nan
+    return out
 
 
 def randomized_svd(a: np.ndarray, rank: int, *, n_iter: int = 4, seed: int = 0) -> tuple[np.ndarray, ...]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._grid import Grid, Prediction, randomized_svd
+from ._grid import Grid, Prediction, group_agreement, randomized_svd
 
 
 def _fallback(means: np.ndarray, counts: np.ndarray, codes: np.ndarray, global_mean: np.ndarray) -> np.ndarray:
@@ -16,19 +16,21 @@ def _fallback(means: np.ndarray, counts: np.ndarray, codes: np.ndarray, global_m
 def mean_over_contexts(grid: Grid, qp: np.ndarray, qc: np.ndarray, **_: object) -> Prediction:
     """Predict a pair by the perturbation's mean effect over the contexts where it was measured.
 
-    A perturbation never measured gets the global mean effect.
+    A perturbation never measured gets the global mean effect. Reliability: the agreement of the
+    averaged effects (``|mean|^2 / mean |e|^2``, NaN with fewer than 2 contexts).
     """
     means, counts = grid.group_mean("pert")
-    return Prediction(_fallback(means, counts, qp, grid.y.mean(0)))
+    return Prediction(_fallback(means, counts, qp, grid.y.mean(0)), group_agreement(grid, "pert")[qp])
 
 
 def mean_over_perturbations(grid: Grid, qp: np.ndarray, qc: np.ndarray, **_: object) -> Prediction:
     """Predict a pair by the context's mean effect over the perturbations measured in it.
 
-    A context with no measured perturbation gets the global mean effect.
+    A context with no measured perturbation gets the global mean effect. Reliability: the agreement
+    of the averaged effects, as for :func:`mean_over_contexts`.
     """
     means, counts = grid.group_mean("ctx")
-    return Prediction(_fallback(means, counts, qc, grid.y.mean(0)))
+    return Prediction(_fallback(means, counts, qc, grid.y.mean(0)), group_agreement(grid, "ctx")[qc])
 
 
 def additive(
@@ -37,7 +39,9 @@ def additive(
     """Two-way additive model ``effect[p, c] = mu + a[p] + b[c]`` per gene, fitted by least squares.
 
     Fitted by alternating (backfitting) updates on the observed pairs only; a perturbation
-    or context never measured contributes zero.
+    or context never measured contributes zero. Reliability: how well the model fits the observed
+    pairs of the query's perturbation and context, ``1 - RSS / sum of squared effects`` over those
+    rows (clipped to ``[0, 1]``).
     """
     y = grid.y.astype(np.float64)
     mu = y.mean(0)
@@ -56,7 +60,95 @@ def additive(
         if np.isfinite(prev) and prev - rss <= tol * max(prev, 1.0):
             break
         prev = rss
-    return Prediction(mu + a[qp] + b[qc], info={"rss": rss})
+    resid2 = ((y - mu - a[grid.pert] - b[grid.ctx]) ** 2).sum(1, keepdims=True)
+    y2 = (y * y).sum(1, keepdims=True)
+    rss_p, ss_p = grid.group_mean("pert", resid2)[0][:, 0], grid.group_mean("pert", y2)[0][:, 0]
+    rss_c, ss_c = grid.group_mean("ctx", resid2)[0][:, 0], grid.group_mean("ctx", y2)[0][:, 0]
+    n_p, n_c = grid.group_mean("pert")[1], grid.group_mean("ctx")[1]
+    num = rss_p[qp] * n_p[qp] + rss_c[qc] * n_c[qc]
+    den = ss_p[qp] * n_p[qp] + ss_c[qc] * n_c[qc]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rel = np.clip(1.0 - num / den, 0.0, 1.0)
+    return Prediction(mu + a[qp] + b[qc], rel, info={"rss": rss})
+
+
+def context_similarity(grid: Grid, *, n_components: int = 100, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Similarity of every pair of contexts, from training pairs only.
+
+    The cosine between two contexts' effects of the perturbations measured in both, pooled over those
+    perturbations and genes (genes are first projected on the top ``n_components`` principal axes of
+    the observed effects when there are more). Returns the ``(n_contexts, n_contexts)`` similarity
+    (NaN where no perturbation is shared) and the number of shared perturbations.
+    """
+    y = grid.y.astype(np.float64)
+    if y.shape[1] > n_components:
+        _, _, vt = randomized_svd(y - y.mean(0), n_components, seed=seed)
+        y = y @ vt.T
+    k = y.shape[1]
+    t = np.zeros((grid.n_perts, grid.n_contexts, k))
+    m = np.zeros((grid.n_perts, grid.n_contexts))
+    t[grid.pert, grid.ctx] = y
+    m[grid.pert, grid.ctx] = 1.0
+    flat = t.transpose(1, 0, 2).reshape(grid.n_contexts, -1)
+    cross = flat @ flat.T  # sum over shared perturbations (missing entries are zero)
+    n2 = (t * t).sum(2)  # (perts, contexts)
+    own = n2.T @ m  # own[a, b] = sum over perturbations measured in b of |t_pa|^2 (zero unless measured in a)
+    shared = m.T @ m
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sim = cross / np.sqrt(own * own.T)
+    sim[shared == 0] = np.nan
+    return sim, shared
+
+
+def nearest_context(
+    grid: Grid, qp: np.ndarray, qc: np.ndarray, *, k: int = 1, n_components: int = 100, seed: int = 0, **_: object
+) -> Prediction:
+    """Predict a pair by the perturbation's own effect in its most similar observed context(s).
+
+    Context similarity is :func:`context_similarity` on the training pairs (the cosine between the
+    effects of the perturbations two contexts share). With ``k > 1`` the ``k`` most similar contexts
+    where the perturbation was measured are averaged, weighted by their (positive) similarity.
+    Contexts that share no perturbation with the query's fall back to the cosine of the contexts'
+    mean effects. A perturbation never measured gets the context's mean effect. Reliability: the
+    (mean) similarity of the neighbour(s) used, clipped to ``[0, 1]``.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    sim, shared = context_similarity(grid, n_components=n_components, seed=seed)
+    ctx_mean, ctx_n = grid.group_mean("ctx")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        unit = ctx_mean / np.linalg.norm(ctx_mean, axis=1, keepdims=True)
+    fallback = np.nan_to_num(unit @ unit.T)
+    score = np.where(np.isnan(sim), fallback - 2.0, sim)  # shared-perturbation similarity ranks first
+    np.fill_diagonal(score, -np.inf)
+    index = np.full((grid.n_perts, grid.n_contexts), -1, dtype=np.int64)
+    index[grid.pert, grid.ctx] = np.arange(grid.n_obs)
+    out = np.empty((len(qp), grid.n_genes))
+    rel = np.full(len(qp), np.nan)
+    n_nb = np.zeros(len(qp), dtype=np.int64)
+    global_mean = grid.y.mean(0)
+    step = max(1, 2_000_000 // max(grid.n_contexts, 1))
+    for s in range(0, len(qp), step):
+        p, c = qp[s : s + step], qc[s : s + step]
+        cand = np.where(index[p] >= 0, score[c], -np.inf)  # (queries, contexts)
+        kk = min(k, grid.n_contexts)
+        order = np.argsort(-cand, axis=1)[:, :kk]
+        best = np.take_along_axis(cand, order, axis=1)
+        ok = np.isfinite(best)
+        w = np.where(ok, np.maximum(np.where(best < -1.0, best + 2.0, best), 0.0), 0.0)
+        w[ok.any(1) & (w.sum(1) == 0)] = ok[ok.any(1) & (w.sum(1) == 0)].astype(float)
+        rows = index[p[:, None], order]
+        vals = np.where(ok[..., None], grid.y[np.maximum(rows, 0)], 0.0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            pred = (w[..., None] * vals).sum(1) / w.sum(1, keepdims=True)
+        none = ~ok.any(1)
+        pred[none] = np.where(ctx_n[c[none], None] > 0, ctx_mean[c[none]], global_mean)
+        out[s : s + step] = pred
+        sims = np.where(ok, np.where(best < -1.0, best + 2.0, best), 0.0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rel[s : s + step] = np.clip(sims.sum(1) / ok.sum(1), 0.0, 1.0)
+        n_nb[s : s + step] = ok.sum(1)
+    return Prediction(out, rel, info={"n_neighbours": n_nb})
 
 
 def soft_impute(

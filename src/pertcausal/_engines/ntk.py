@@ -249,10 +249,59 @@ class NTKFit:
     """
 
     def __init__(self, *, kern: _ColumnKernel, alpha: Any, mean: Any, dtype: str, device: Any, block_size: int,
-                 info: dict, n_contexts: int, train_keys: np.ndarray | None = None, d_alpha: Any = None) -> None:
+                 info: dict, n_contexts: int, train_keys: np.ndarray | None = None, d_alpha: Any = None,
+                 factors: tuple | None = None, k1: float = 1.0) -> None:
         self.kern, self.alpha, self.mean, self.dtype, self.device = kern, alpha, mean, dtype, device
         self.block_size, self.info, self.n_contexts = block_size, info, n_contexts
-        self.train_keys, self.d_alpha = train_keys, d_alpha
+        self.train_keys, self.d_alpha, self.factors, self.k1 = train_keys, d_alpha, factors, k1
+
+    def _training_rows(self, qp: np.ndarray, qc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Queried pairs that are training rows: (positions in the query, training row indices)."""
+        keys = self.train_keys
+        order = np.argsort(keys)
+        q_keys = qp * self.n_contexts + qc
+        pos = np.minimum(np.searchsorted(keys, q_keys, sorter=order), len(keys) - 1)
+        qi = np.flatnonzero(keys[order[pos]] == q_keys)
+        return qi, order[pos[qi]]
+
+    def variance(self, qp: np.ndarray, qc: np.ndarray, *, progress: bool = False) -> np.ndarray:
+        """Posterior variance of the queried pairs relative to the prior ``K(1)`` (the Gaussian-process view).
+
+        ``1 - k_q^T (K + ridge I)^-1 k_q / K(1)`` for the exact solver (0 at training pairs when
+        ``ridge=0``, up to 1 far from every training pair); for Nystrom the subset-of-regressors
+        variance ``1 - (|L^-1 k_mq|^2 - lambda |M^-1 L^-1 k_mq|^2) / K(1)``. Needs a fit made with
+        ``posterior_variance=True``.
+        """
+        torch = import_torch()
+        from .._utils._progress import track
+
+        if self.factors is None:
+            raise ValueError("this NTK fit kept no factor for the posterior variance; fit with posterior_variance=True")
+        qp = np.asarray(qp, dtype=np.int64)
+        qc = np.asarray(qc, dtype=np.int64)
+        out = np.empty(len(qp))
+        kind, *fac = self.factors
+        train_q, train_i = self._training_rows(qp, qc) if kind == "exact" else (np.empty(0, int), None)
+        d = fac[1] if kind == "exact" else None
+        starts = range(0, len(qp), self.block_size)
+        for s in track(starts, enabled=progress, description="NTK posterior variance", total=len(starts)):
+            e = min(s + self.block_size, len(qp))
+            kq = self.kern.block(qp[s:e], qc[s:e]).to(torch.float64)
+            if kind == "exact":
+                sel = (train_q >= s) & (train_q < e)
+                if sel.any():  # the private identity coordinate of a training row queried again
+                    ti = torch.as_tensor(train_i[sel], device=self.device)
+                    kq[torch.as_tensor(train_q[sel] - s, device=self.device), ti] += d[ti]
+                v = torch.linalg.solve_triangular(fac[0], kq.T, upper=False)
+                explained = (v * v).sum(0)
+            else:
+                lchol, mchol, lam = fac
+                u = torch.linalg.solve_triangular(lchol, kq.T, upper=False)
+                w = torch.linalg.solve_triangular(mchol, u, upper=False)
+                explained = (u * u).sum(0) - lam * (w * w).sum(0)
+            out[s:e] = (1.0 - explained / self.k1).clamp(0.0, 1.0).cpu().numpy()
+            del kq
+        return out
 
     def predict(self, qp: np.ndarray, qc: np.ndarray, *, out: np.ndarray | None = None,
                 progress: bool = False) -> np.ndarray:
@@ -284,13 +333,9 @@ class NTKFit:
             del kq
         if self.d_alpha is not None and len(qp):
             # a queried pair that is a training row shares its private coordinate: K(q, i) gains d_i
-            keys = self.train_keys
-            order = np.argsort(keys)
-            q_keys = qp * self.n_contexts + qc
-            pos = np.minimum(np.searchsorted(keys, q_keys, sorter=order), len(keys) - 1)
-            qi = np.flatnonzero(keys[order[pos]] == q_keys)
+            qi, ti = self._training_rows(qp, qc)
             if len(qi):
-                ti = torch.as_tensor(order[pos[qi]], device=self.device)
+                ti = torch.as_tensor(ti, device=self.device)
                 out[qi] += self.d_alpha[ti].cpu().numpy().astype(out.dtype)
         return out
 
@@ -315,6 +360,7 @@ def fit_ntk(
     jitter: float | None = None,
     seed: int = 0,
     progress: bool = False,
+    posterior_variance: bool = False,
     **_: object,
 ) -> NTKFit:
     """Fit NTK kernel regression on a grid's observed pairs; the parameters are those of :func:`ntk`."""
@@ -352,7 +398,7 @@ def fit_ntk(
     def y_block(s: int, e: int) -> Any:
         return torch.as_tensor(np.asarray(grid.y[s:e], dtype=np.float64) - mean_np, device=dev)
 
-    d_alpha, train_keys = None, None
+    d_alpha, train_keys, factors = None, grid.pert * grid.n_contexts + grid.ctx, None
     if solver == "exact":
         kern = _ColumnKernel(pf, cf, nugget, grid.pert, grid.ctx, depth, f64, dev)
         k = torch.empty((n, n), dtype=f64, device=dev)
@@ -363,10 +409,11 @@ def fit_ntk(
         chol, used = _cholesky(k, jitter=0.0, what="exact solve")
         del k
         alpha64 = torch.cholesky_solve(y_block(0, n), chol)
-        del chol
         info.update(jitter=used)
-        d_alpha = alpha64 * torch.as_tensor(k1 - kern.diag_smooth(grid.pert, grid.ctx), device=dev)[:, None]
-        train_keys = grid.pert * grid.n_contexts + grid.ctx
+        d_priv = torch.as_tensor(k1 - kern.diag_smooth(grid.pert, grid.ctx), device=dev)
+        d_alpha = alpha64 * d_priv[:, None]
+        factors = ("exact", chol, d_priv) if posterior_variance else None
+        del chol
         if tdtype != f64:
             kern = _ColumnKernel(pf, cf, nugget, grid.pert, grid.ctx, depth, tdtype, dev)
         alpha = alpha64.to(tdtype)
@@ -407,12 +454,13 @@ def fit_ntk(
         del a
         w = torch.cholesky_solve(torch.linalg.solve_triangular(lchol, b, upper=False), mchol)
         alpha = torch.linalg.solve_triangular(lchol.T, w, upper=True).to(tdtype)
+        factors = ("nystrom", lchol, mchol, lam) if posterior_variance else None
         del lchol, mchol, w, b
         info.update(n_centers=m, **{"lambda": lam, "jitter_kmm": used_mm, "jitter_system": used_sys})
     info["seconds_fit"] = time.perf_counter() - t0
     return NTKFit(kern=kern, alpha=alpha, mean=torch.as_tensor(mean_np, device=dev).to(tdtype), dtype=dtype,
                   device=dev, block_size=block_size, info=info, n_contexts=grid.n_contexts,
-                  train_keys=train_keys, d_alpha=d_alpha)
+                  train_keys=train_keys, d_alpha=d_alpha, factors=factors, k1=k1)
 
 
 def ntk(
@@ -437,6 +485,7 @@ def ntk(
     jitter: float | None = None,
     seed: int = 0,
     progress: bool = False,
+    posterior_variance: bool | None = None,
     **_: object,
 ) -> Prediction:
     """Predict queried pairs by NTK kernel regression on feature priors.
@@ -472,18 +521,33 @@ def ntk(
         Relative diagonal jitter of the Nystrom ``K_mm`` Cholesky (raised tenfold until it succeeds, as
         is the exact solve's from zero); default ``1e-6`` for float32 blocks and ``1e-10`` for float64.
 
+    posterior_variance
+        Also return the posterior variance of every queried pair (:meth:`NTKFit.variance`) and the
+        reliability ``1 - variance``. ``None`` does so when it costs at most about as much as the
+        fit (``len(qp) * n_columns^2 <= 1e12`` operations, ``n_columns`` the training pairs or centres).
+
     Returns
     -------
-    :class:`Prediction` whose ``values`` is a ``(len(qp), n_genes)`` array of the working dtype and
-    whose ``info`` records the solver, sizes, regularisation and timings.
+    :class:`Prediction` whose ``values`` is a ``(len(qp), n_genes)`` array of the working dtype,
+    ``variance`` and ``reliability`` the posterior variance (relative to the prior) and one minus it,
+    and ``info`` records the solver, sizes, regularisation and timings.
     """
+    if posterior_variance is None:
+        n_cols = grid.n_obs if (solver == "exact" or (solver == "auto" and grid.n_obs <= max_exact)) else n_centers
+        posterior_variance = len(qp) * float(min(n_cols, grid.n_obs)) ** 2 <= 1e12
     fitted = fit_ntk(
         grid, depth=depth, perturbation_prior=perturbation_prior, context_prior=context_prior,
         reference_context=reference_context, context_weight=context_weight, nugget=nugget, ridge=ridge,
         center=center, solver=solver, max_exact=max_exact, n_centers=n_centers, block_size=block_size,
         device=device, dtype=dtype, jitter=jitter, seed=seed, progress=progress,
+        posterior_variance=posterior_variance,
     )
     t1 = time.perf_counter()
     values = fitted.predict(qp, qc, progress=progress)
     info = dict(fitted.info, seconds_predict=time.perf_counter() - t1)
-    return Prediction(values, info=info)
+    variance = None
+    if posterior_variance:
+        t2 = time.perf_counter()
+        variance = fitted.variance(qp, qc, progress=progress)
+        info["seconds_variance"] = time.perf_counter() - t2
+    return Prediction(values, None if variance is None else 1.0 - variance, info=info, variance=variance)

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from .._engines import METHODS
-from .._engines.metrics import pooled_pearson, profile_metrics
+from .._engines.metrics import pooled_pearson, profile_metrics, reliability_informativeness
 from .._utils._progress import track
 from .._utils._validate import check_choice
 from ._grid_io import TORCH_METHODS, check_method, grid_from_signatures
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 DEFAULT_METHODS = (
     "ntk",
     "synthetic_interventions",
+    "nearest_context",
     "additive",
     "mean_over_contexts",
     "mean_over_perturbations",
@@ -86,8 +87,8 @@ def evaluate_imputation(
     Returns
     -------
     Tidy DataFrame, one row per (method, held-out pair): ``method``, ``fold``, ``perturbation``,
-    ``context``, ``pearson``, ``r2``, ``cosine``, ``pearson_top_k``, ``mse``, ``norm_ratio``,
-    ``reliability`` (NaN where the method gives none), ``seconds_per_pair`` and
+    ``context``, ``pearson``, ``r2``, ``cosine``, ``pearson_top_k``, ``mse``, ``rel_error``,
+    ``norm_ratio``, ``reliability`` (NaN where the method gives none), ``seconds_per_pair`` and
     ``pooled_pearson`` (Pearson r over all held-out entries of that method, repeated per row).
     All metrics compare effects (perturbed minus control), never raw levels.
 
@@ -172,7 +173,11 @@ def summarize_imputation(results: pd.DataFrame) -> pd.DataFrame:
     Returns
     -------
     DataFrame indexed by method with ``pooled_pearson``, mean ``pearson``, ``r2``, ``cosine``,
-    ``pearson_top_k``, ``mse``, ``n_pairs`` and ``ms_per_pair``, sorted by ``pearson_top_k``.
+    ``pearson_top_k``, ``mse``, ``n_pairs`` and ``ms_per_pair``, sorted by ``pearson_top_k``; and how
+    informative each method's reliability is (NaN without one): ``reliability_spearman``, the Spearman
+    correlation between reliability and the relative error ``rel_error`` of the held-out pairs
+    (negative is good), and ``rel_error_reliable_half`` / ``rel_error_other_half``, the mean relative
+    error of the more reliable half of the pairs and of the rest.
 
     Examples
     --------
@@ -188,4 +193,13 @@ def summarize_imputation(results: pd.DataFrame) -> pd.DataFrame:
     table.insert(0, "pooled_pearson", g["pooled_pearson"].first())
     table["n_pairs"] = g.size()
     table["ms_per_pair"] = g["seconds_per_pair"].mean() * 1e3
+    if "reliability" in results.columns and "rel_error" in results.columns:
+        rel = {
+            m: reliability_informativeness(part["reliability"].to_numpy(), part["rel_error"].to_numpy())
+            for m, part in g
+        }
+        rel = pd.DataFrame(rel).T.rename(
+            columns={"error_reliable_half": "rel_error_reliable_half", "error_other_half": "rel_error_other_half"}
+        )
+        table = table.join(rel)
     return table.sort_values("pearson_top_k", ascending=False)

@@ -62,7 +62,8 @@ def impute(
         are passed to :func:`pertcausal.pp.signatures`), or a signatures AnnData made by it.
     method
         ``"ntk"`` (NTK matrix completion with feature priors), ``"synthetic_interventions"``,
-        ``"mean_over_contexts"``, ``"mean_over_perturbations"``, ``"additive"`` or ``"soft_impute"``.
+        ``"nearest_context"``, ``"mean_over_contexts"``, ``"mean_over_perturbations"``, ``"additive"``
+        or ``"soft_impute"``.
     device
         ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` for torch-backed methods.
     key_added
@@ -87,7 +88,11 @@ def impute(
     An AnnData over the complete perturbation x context grid (``obs_names`` are
     ``"perturbation|context"``) with ``X`` the observed effect where measured and the prediction
     elsewhere, ``obs["perturbation"]``, ``obs["context"]``, ``obs["observed"]``, ``obs["n_cells"]``,
-    ``obs["reliability"]`` (methods that give one; NaN otherwise and for observed pairs),
+    ``obs["reliability"]`` (higher is more trustworthy; NaN for observed pairs and for methods that
+    give none): the NTK's ``1 - posterior variance``, synthetic interventions' subspace inclusion,
+    the neighbour similarity of ``nearest_context``, the agreement of the averaged effects for the
+    means and the local fit of ``additive``; ``obs["posterior_variance"]`` for the NTK (relative to
+    the prior, 0 at observed pairs),
     ``layers["mean"]`` (control mean + effect, when control means are known),
     ``uns["control_mean"]`` and ``uns[key_added]["params"]``.
     For MuData input it is stored as ``data.mod[key_added]`` (parameters also in
@@ -191,6 +196,10 @@ def impute(
         },
         index=[f"{p}|{c}" for p, c in zip(perts[pp_], ctxs[cc_])],
     )
+    if pred.variance is not None:
+        variance = np.zeros(len(x))  # observed pairs are measured, not predicted
+        variance[flat_q] = pred.variance
+        obs["posterior_variance"] = variance
     out = AnnData(X=x, obs=obs, var=pd.DataFrame(index=sig.var_names.copy()))
     if grid.baseline is not None:
         out.layers["mean"] = (x + grid.baseline[cc_]).astype(np.float32)
