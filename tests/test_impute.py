@@ -129,7 +129,7 @@ def test_si_context_is_synthetic_control():
     effect = rng.normal(size=(4, 30))
     effect[3] = 0.3 * effect[0] + 0.7 * effect[1]
     grid = Grid(effect[:3], np.zeros(3, int), np.arange(3), 1, 4, baseline=base)
-    pred = METHODS["synthetic_interventions"](grid, np.array([0]), np.array([3]), donor="context")
+    pred = METHODS["synthetic_interventions"](grid, np.array([0]), np.array([3]), donor="context", use_control=True)
     assert pred.info["donor"] == "context"
     np.testing.assert_allclose(pred.values[0], effect[3], atol=1e-8)
 

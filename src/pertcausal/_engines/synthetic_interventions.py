@@ -66,6 +66,46 @@ def _inclusion(x_test: np.ndarray, v_train: np.ndarray, energy: float) -> float:
     return float(max(0.0, 1.0 - (resid**2).sum() / vt.shape[0]))
 
 
+def _validation_pairs(grid: Grid, n: int, seed: int) -> np.ndarray:
+    """Up to ``n`` observed rows whose perturbation keeps other observed pairs, and whose context does too
+    unless control baselines are known (a context with its control is then still described)."""
+    rng = np.random.default_rng(seed)
+    left_p = np.bincount(grid.pert, minlength=grid.n_perts)
+    left_c = np.bincount(grid.ctx, minlength=grid.n_contexts)
+    out: list[int] = []
+    for i in rng.permutation(grid.n_obs):
+        if len(out) == n:
+            break
+        if left_p[grid.pert[i]] > 1 and (grid.baseline is not None or left_c[grid.ctx[i]] > 1):
+            out.append(int(i))
+            left_p[grid.pert[i]] -= 1
+            left_c[grid.ctx[i]] -= 1
+    return np.asarray(out, dtype=np.int64)
+
+
+def _choose(grid: Grid, donors: list[str], controls: list[bool], *, n_validation: int, seed: int, **kw) -> tuple:
+    """Pick the donor axis and control use with the lowest relative error on held-out training pairs.
+
+    The first option is kept when no training pair can be held out.
+    """
+    options = [(d, c) for d in donors for c in controls]
+    if len(options) == 1:
+        return options[0], {}
+    val = _validation_pairs(grid, min(n_validation, max(1, grid.n_obs // 5)), seed)
+    if len(val) == 0:
+        return options[0], {}
+    train = grid.subset(np.setdiff1d(np.arange(grid.n_obs), val))
+    truth = grid.y[val]
+    norm = (truth * truth).sum(1)
+    errors = {}
+    for d, c in options:
+        pred = synthetic_interventions(train, grid.pert[val], grid.ctx[val], donor=d, use_control=c, **kw).values
+        with np.errstate(invalid="ignore", divide="ignore"):
+            errors[(d, c)] = float(np.nanmean(((pred - truth) ** 2).sum(1) / norm))
+    best = min(options, key=lambda o: (np.nan_to_num(errors[o], nan=np.inf), options.index(o)))
+    return best, {f"{d}{'+control' if c else ''}": e for (d, c), e in errors.items()}
+
+
 def synthetic_interventions(
     grid: Grid,
     qp: np.ndarray,
@@ -74,7 +114,9 @@ def synthetic_interventions(
     donor: str = "auto",
     energy: float = 1.0,
     max_donors: int = 50,
-    use_control: bool = True,
+    use_control: bool | str = "auto",
+    n_validation: int = 200,
+    seed: int = 0,
     progress: bool = False,
     **_: object,
 ) -> Prediction:
@@ -84,24 +126,32 @@ def synthetic_interventions(
     ----------
     donor
         ``"action"`` (SI-Action: other perturbations are donors), ``"context"`` (SI-Context), or
-        ``"auto"``: the axis that offers more donors on average (actions measured per context,
-        control included, versus contexts measured per action).
+        ``"auto"``: the axis that predicts best a validation set of training pairs (below).
     energy
         Spectral energy kept by hard singular-value thresholding; ``1.0`` is least squares.
     max_donors
         Cap on the number of donors per prediction (the reference has none; a cap bounds the cost).
     use_control
-        Treat the control as a donor action measured everywhere (needs ``grid.baseline``).
+        Treat the control as an action measured everywhere and regress levels (control + effect)
+        instead of effects (needs ``grid.baseline``); ``"auto"`` chooses by validation.
+    n_validation
+        With ``"auto"`` choices, up to this many training pairs (at most a fifth; their perturbation
+        and context keep other pairs) are held out, predicted from the rest with every candidate setting, and the
+        setting with the lowest mean relative squared error is used; ``info["validation_error"]``
+        records the errors. Training data only: the queried pairs are never looked at.
     """
     from .._utils._progress import track
 
     if donor not in ("auto", "action", "context"):
         raise ValueError(f"unknown donor {donor!r}; expected 'auto', 'action' or 'context'")
-    with_control = use_control and grid.baseline is not None
-    if donor == "auto":
-        actions_per_ctx = grid.n_obs / max(1, len(np.unique(grid.ctx))) + (1 if with_control else 0)
-        ctx_per_action = grid.n_obs / max(1, len(np.unique(grid.pert)))
-        donor = "action" if actions_per_ctx - 1 >= ctx_per_action - 1 else "context"
+    if use_control not in ("auto", True, False):
+        raise ValueError(f"unknown use_control {use_control!r}; expected 'auto', True or False")
+    donors = ["action", "context"] if donor == "auto" else [donor]
+    controls = [True, False] if use_control == "auto" else [bool(use_control)]
+    if grid.baseline is None:
+        controls = [False]
+    kw = {"energy": energy, "max_donors": max_donors}
+    (donor, with_control), val_err = _choose(grid, donors, controls, n_validation=n_validation, seed=seed, **kw)
     n_a = grid.n_perts + (1 if with_control else 0)
     # outcome rows: observed pairs first, then (with the control) one control row per context;
     # levels (control + effect) are gathered per query, never materialised for the whole grid
@@ -171,4 +221,5 @@ def synthetic_interventions(
         out[i] = x_q @ beta + b0 - base
         reliability[i] = _inclusion(x_q, v, energy)
         n_donors[i] = len(d)
-    return Prediction(out, reliability, info={"n_donors": n_donors, "donor": donor})
+    info = {"n_donors": n_donors, "donor": donor, "use_control": with_control, "validation_error": val_err}
+    return Prediction(out, reliability, info=info)

@@ -163,7 +163,7 @@ def _column(series: pd.Series) -> np.ndarray:
 
 
 def _is_missing(value: Any) -> bool:
-    return value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value))
+    return value is None or (pd.api.types.is_scalar(value) and bool(pd.isna(value)))
 
 
 def _metadata_columns(df: pd.DataFrame, ids: pd.Index, *, where: str) -> list[tuple[str, np.ndarray]]:
@@ -175,9 +175,12 @@ def _metadata_columns(df: pd.DataFrame, ids: pd.Index, *, where: str) -> list[tu
     out = []
     for name, col in zip(names, df.columns):
         values = _column(df[col])
-        if name == "id":
-            if values.dtype == object and np.array_equal(values, np.asarray(ids, dtype=object)):
-                continue
+        if (
+            name == "id"
+            and values.dtype == object
+            and np.array_equal(values, np.asarray(ids, dtype=str).astype(object))
+        ):
+            continue
         out.append((name, values))
     return out
 
@@ -246,11 +249,11 @@ def read_gct(
 
     Returns
     -------
-    AnnData of ``n_columns x n_rows`` (samples x genes) with
-
-    - ``obs_names``: the column ids; ``obs``: the column metadata (version 1.3; none in 1.2).
-    - ``var_names``: the row ids; ``var``: the row metadata (``Description`` in version 1.2).
-    - ``uns["gct"]``: ``{"format": "gct", "version": "1.2" | "1.3", "path": str(path)}``.
+    AnnData
+        Samples x genes, the transpose of the file's matrix. ``obs_names`` are the column ids and
+        ``obs`` holds the column metadata (none in version 1.2); ``var_names`` are the row ids and
+        ``var`` holds the row metadata (``Description`` in version 1.2); ``uns["gct"]`` records
+        ``{"format": "gct", "version": "1.2" or "1.3", "path": str(path)}``.
 
     Raises
     ------
@@ -402,9 +405,10 @@ def write_gct(
     ``var`` as row metadata and ``obs`` as column metadata; version 1.2 has neither, only a
     ``Description`` per row (``var["Description"]`` when present, else ``na``), and warns about
     the metadata it drops. Floats are written with the shortest text that reads back to the same
-    number, so :func:`read_gct` returns exactly what was written. Missing numbers are written as
-    ``NaN``, missing text metadata as CMap's ``-666``; categorical and boolean metadata are
-    written as text. The file is UTF-8.
+    number, so :func:`read_gct` returns exactly what was written (float32 metadata comes back as
+    float64 with the same digits, as all text metadata is parsed as float64). Missing numbers are
+    written as ``NaN``, missing text metadata as CMap's ``-666``; categorical and boolean metadata
+    are written as text. The file is UTF-8.
 
     Parameters
     ----------
@@ -544,9 +548,7 @@ def _read_metadata(group: h5py.Group, n: int, path: Path) -> tuple[list[str], di
         if not isinstance(dset, h5py.Dataset) or dset.ndim != 1 or dset.shape[0] != n:
             shape = getattr(dset, "shape", "a group")
             raise ValueError(f"{path}: metadata {dset.name!r} should be a 1-D dataset of length {n}, found {shape}")
-        if dset.dtype.kind in "iuf":
-            fields[name] = dset[()]
-        elif dset.dtype.kind == "b":
+        if dset.dtype.kind in "biuf":  # numbers keep their dtype
             fields[name] = dset[()]
         else:
             strings, enc = _read_strings(dset)
@@ -639,11 +641,11 @@ def read_gctx(
 
     Returns
     -------
-    AnnData of ``n_columns x n_rows`` (samples x genes) with
-
-    - ``obs_names``: ``0/META/COL/id``; ``obs``: the other datasets of ``0/META/COL``.
-    - ``var_names``: ``0/META/ROW/id``; ``var``: the other datasets of ``0/META/ROW``.
-    - ``uns["gct"]``: ``{"format": "gctx", "version": <file attribute "version">, "path": str(path)}``.
+    AnnData
+        Samples x genes. ``obs_names`` are ``0/META/COL/id`` and ``obs`` holds the other datasets
+        of ``0/META/COL``; ``var_names`` are ``0/META/ROW/id`` and ``var`` holds the other datasets
+        of ``0/META/ROW``; ``uns["gct"]`` records
+        ``{"format": "gctx", "version": <the file's "version" attribute>, "path": str(path)}``.
 
     Raises
     ------
@@ -718,13 +720,17 @@ def _hdf5_strings(values: Iterable[str]) -> tuple[np.ndarray, Any]:
 
 
 def _write_metadata(group: h5py.Group, ids: list[str], columns: list[tuple[str, np.ndarray]]) -> None:
+    import h5py
+
     for name, values in (("id", np.asarray(ids, dtype=object)), *columns):
-        if values.dtype == object:
-            data, dtype = _hdf5_strings(values)
-        else:
-            data, dtype = values, values.dtype
-        compression = {"compression": "gzip", "compression_opts": _GZIP_LEVEL} if len(data) else {}
-        group.create_dataset(name, data=data, dtype=dtype, **compression)
+        compression = {"compression": "gzip", "compression_opts": _GZIP_LEVEL} if len(values) else {}
+        if values.dtype != object:
+            group.create_dataset(name, data=values, **compression)
+            continue
+        data, dtype = _hdf5_strings(values)
+        dset = group.create_dataset(name, shape=data.shape, dtype=dtype, **compression)
+        if len(data):  # write the UTF-8 bytes as they are (h5py would refuse to convert ASCII -> UTF-8)
+            dset.id.write(h5py.h5s.ALL, h5py.h5s.ALL, data, mtype=dset.id.get_type())
 
 
 def write_gctx(adata: AnnData, path: str | os.PathLike[str], *, layer: str | None = None) -> None:
@@ -734,8 +740,9 @@ def write_gctx(adata: AnnData, path: str | os.PathLike[str], *, layer: str | Non
     ``0/DATA/0/matrix`` with shape ``(n_obs, n_vars)`` in HDF5 terms (CMap's columns x rows),
     chunked as cmapPy does; ``0/META/COL/id`` and ``0/META/ROW/id`` with the obs/var names and one
     gzip-compressed 1-D dataset per ``obs``/``var`` column beside them, in the column order
-    (groups track creation order). Text is stored as fixed-length UTF-8 byte strings, numbers
-    keep their dtype, missing text as CMap's ``-666``; categorical and boolean columns are
+    (groups track creation order). Text is stored as fixed-length byte strings, as CMap does,
+    encoded as UTF-8 (the HDF5 string type says UTF-8 where a value is not ASCII); numbers keep
+    their dtype; missing text is written as CMap's ``-666``; categorical and boolean columns are
     written as text.
 
     Parameters
