@@ -9,7 +9,13 @@ def test_demo_writes_table_and_figures(tmp_path):
     assert main(["demo", "--out", str(tmp_path), "--device", "cpu"]) == 0
     table = pd.read_csv(tmp_path / "demo_metrics.csv", index_col="method")
     assert set(table.index) == {
-        "ntk", "synthetic_interventions", "additive", "mean_over_contexts", "mean_over_perturbations", "soft_impute",
+        "ntk",
+        "synthetic_interventions",
+        "nearest_context",
+        "additive",
+        "mean_over_contexts",
+        "mean_over_perturbations",
+        "soft_impute",
     }
     # against the simulator's true effects on never-measured pairs
     assert table.loc["ntk", "pearson"] > 0.9

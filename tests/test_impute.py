@@ -341,3 +341,26 @@ def test_evaluate_bad_arguments():
         pc.tl.evaluate_imputation(sig, holdout="cell")
     with pytest.raises(ValueError, match="unknown method 'gears'"):
         pc.tl.evaluate_imputation(sig, methods=["gears"])
+
+
+def test_leave_one_pair_out_and_context_features():
+    sig = pc.data.simulate_effects(n_perturbations=8, n_contexts=4, n_genes=10, seed=5)
+    res = pc.tl.evaluate_imputation(sig, methods=["nearest_context"], n_folds=10_000, progress_bar=False)
+    assert res["fold"].nunique() == sig.n_obs == len(res)  # one pair per fold
+    ctxs = sig.obs["context"].cat.categories
+    feats = pd.DataFrame({"dose": np.arange(len(ctxs), dtype=float)}, index=ctxs)
+    out = pc.tl.evaluate_imputation(
+        sig, methods=["nearest_context"], holdout="context", n_folds=len(ctxs), context_features=feats,
+        progress_bar=False,
+    )
+    assert len(out) == sig.n_obs and np.isfinite(out["pearson"]).all()
+    with pytest.raises(KeyError, match="context_features has no row"):
+        pc.tl.evaluate_imputation(sig, methods=["additive"], context_features=feats.iloc[:2], progress_bar=False)
+
+
+def test_nearest_context_uses_features_for_an_unseen_context():
+    """Context 2 has no observed pair: features say it is next to context 1, far from context 0."""
+    y = np.array([[1.0, 0.0], [0.0, 1.0]])
+    grid = Grid(y, np.array([0, 0]), np.array([0, 1]), 1, 3, ctx_features=np.array([[0.0], [9.0], [10.0]]))
+    pred = METHODS["nearest_context"](grid, np.array([0]), np.array([2]))
+    np.testing.assert_allclose(pred.values, [[0.0, 1.0]])

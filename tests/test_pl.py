@@ -75,7 +75,7 @@ def _collection(ax: Axes, gid: str):
 # pl.imputation
 # --------------------------------------------------------------------------------------------
 def test_exports():
-    assert set(pc.pl.__all__) == {"imputation", "prediction_scatter"}
+    assert set(pc.pl.__all__) == {"imputation", "prediction_scatter", "reliability"}
     assert callable(pc.pl.imputation) and callable(pc.pl.prediction_scatter)
 
 
@@ -311,3 +311,23 @@ def test_scatter_return_types_and_save(sig, heldout, tmp_path):
 def test_import_is_light():
     code = "import sys, pertcausal.pl; assert 'torch' not in sys.modules and 'matplotlib' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_reliability_retention_curve():
+    sig = pc.data.simulate_effects(n_perturbations=30, n_contexts=6, n_genes=20, seed=0)
+    res = pc.tl.evaluate_imputation(sig, methods=["additive", "soft_impute"], n_folds=3, progress_bar=False)
+    ax = pc.pl.reliability(res, n_points=10, show=False)
+    lines = {line.get_gid(): line for line in ax.get_lines()}
+    assert set(lines) == {"curve:additive"}  # soft_impute gives no reliability
+    x, y = lines["curve:additive"].get_data()
+    part = res[(res["method"] == "additive") & np.isfinite(res["reliability"])]
+    assert x[-1] == pytest.approx(1.0)
+    assert y[-1] == pytest.approx(part["rel_error"].mean())  # keeping everything: the plain mean
+    n = int(round(0.3 * len(part)))
+    best = part.sort_values("reliability", ascending=False, kind="stable")["rel_error"].iloc[:n].mean()
+    assert y[2] == pytest.approx(best)  # the 30% most reliable pairs
+    with pytest.raises(ValueError, match="no finite reliability"):
+        pc.pl.reliability(res, methods=["soft_impute"], show=False)
+    with pytest.raises(KeyError, match="no column 'auc'"):
+        pc.pl.reliability(res, metric="auc", show=False)
+    plt.close("all")

@@ -100,6 +100,15 @@ def context_similarity(grid: Grid, *, n_components: int = 100, seed: int = 0) ->
     return sim, shared
 
 
+def _feature_cosine(features: np.ndarray) -> np.ndarray:
+    """Cosine between the centred rows of a per-context feature matrix (0 for an all-zero row)."""
+    f = np.asarray(features, dtype=np.float64)
+    f = f - f.mean(0)
+    norm = np.linalg.norm(f, axis=1, keepdims=True)
+    unit = np.divide(f, norm, out=np.zeros_like(f), where=norm > 0)
+    return unit @ unit.T
+
+
 def nearest_context(
     grid: Grid, qp: np.ndarray, qc: np.ndarray, *, k: int = 1, n_components: int = 100, seed: int = 0, **_: object
 ) -> Prediction:
@@ -108,17 +117,18 @@ def nearest_context(
     Context similarity is :func:`context_similarity` on the training pairs (the cosine between the
     effects of the perturbations two contexts share). With ``k > 1`` the ``k`` most similar contexts
     where the perturbation was measured are averaged, weighted by their (positive) similarity.
-    Contexts that share no perturbation with the query's fall back to the cosine of the contexts'
-    mean effects. A perturbation never measured gets the context's mean effect. Reliability: the
+    Contexts that share no perturbation with the query's (e.g. a context held out entirely) fall back to
+    the cosine of the centred context features when given, else of the centred control baselines, else
+    of the contexts' mean effects. A perturbation never measured gets the context's mean effect. Reliability: the
     (mean) similarity of the neighbour(s) used, clipped to ``[0, 1]``.
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     sim, shared = context_similarity(grid, n_components=n_components, seed=seed)
     ctx_mean, ctx_n = grid.group_mean("ctx")
-    with np.errstate(invalid="ignore", divide="ignore"):
-        unit = ctx_mean / np.linalg.norm(ctx_mean, axis=1, keepdims=True)
-    fallback = np.nan_to_num(unit @ unit.T)
+    fallback = _feature_cosine(
+        grid.ctx_features if grid.ctx_features is not None else grid.baseline if grid.baseline is not None else ctx_mean
+    )
     score = np.where(np.isnan(sim), fallback - 2.0, sim)  # shared-perturbation similarity ranks first
     np.fill_diagonal(score, -np.inf)
     index = np.full((grid.n_perts, grid.n_contexts), -1, dtype=np.int64)

@@ -36,8 +36,7 @@ def _resolve(data: AnnData | MuData, key: str, *, argname: str) -> tuple[AnnData
     if is_mudata(data):
         if key not in data.mod:
             raise KeyError(
-                f"key {key!r} is not a modality of the MuData passed as {argname}; "
-                f"modalities are: {_list(data.mod)}"
+                f"key {key!r} is not a modality of the MuData passed as {argname}; modalities are: {_list(data.mod)}"
             )
         return data.mod[key], f"{argname}[{key!r}]"
     if isinstance(data, AnnData):
@@ -276,8 +275,12 @@ def imputation(
     cax = divider.append_axes("right", size=_CBAR_W, pad=_CBAR_PAD)
 
     im = ax.imshow(
-        np.ma.masked_invalid(grid), cmap=_cmap(cmap), vmin=vmin, vmax=vmax,
-        aspect="auto", interpolation="nearest",
+        np.ma.masked_invalid(grid),
+        cmap=_cmap(cmap),
+        vmin=vmin,
+        vmax=vmax,
+        aspect="auto",
+        interpolation="nearest",
     )
     cb = fig.colorbar(im, cax=cax)
     cb.set_label(what)
@@ -293,8 +296,15 @@ def imputation(
         cell = min(w_in * 72 / n_c, h_in * 72 / n_p)
         diameter = float(np.clip(0.35 * cell, 0.6, 6.0))
         ax.scatter(
-            cc_[observed], pc_[observed], s=diameter**2, c="k", marker="o", linewidths=0,
-            gid="observed", label="observed", rasterized=n_obs_pairs > 5000,
+            cc_[observed],
+            pc_[observed],
+            s=diameter**2,
+            c="k",
+            marker="o",
+            linewidths=0,
+            gid="observed",
+            label="observed",
+            rasterized=n_obs_pairs > 5000,
         )
         title = f"{what}\n(dot: observed, {n_obs_pairs:,} of {n_p * n_c:,} pairs)"
     ax.set_xlim(-0.5, n_c - 0.5)
@@ -312,8 +322,12 @@ def imputation(
         elif lo == hi:
             lo, hi = lo - 0.5, hi + 0.5
         im_rel = ax_rel.imshow(
-            np.ma.masked_invalid(reliability), cmap=_cmap("viridis"), vmin=lo, vmax=hi,
-            aspect="auto", interpolation="nearest",
+            np.ma.masked_invalid(reliability),
+            cmap=_cmap("viridis"),
+            vmin=lo,
+            vmax=hi,
+            aspect="auto",
+            interpolation="nearest",
         )
         cb_rel = fig.colorbar(im_rel, cax=cax_rel)
         cb_rel.set_label("reliability")
@@ -382,8 +396,11 @@ def _truth_vector(
             )
         perts = [str(v) for v in np.asarray(uns["true_perturbations"])]
         ctxs = [str(v) for v in np.asarray(uns["true_contexts"])]
-        missing = [f"{n} {v!r}" for n, v, pool in (("perturbation", perturbation, perts), ("context", context, ctxs))
-                   if str(v) not in pool]
+        missing = [
+            f"{n} {v!r}"
+            for n, v, pool in (("perturbation", perturbation, perts), ("context", context, ctxs))
+            if str(v) not in pool
+        ]
         if missing:
             raise KeyError(f"{' and '.join(missing)} not in the simulated truth (uns['true_effect'])")
         vec = np.asarray(uns["true_effect"])[perts.index(str(perturbation)), ctxs.index(str(context))]
@@ -422,9 +439,16 @@ def _truth_vector(
     return vec
 
 
-_OFFSETS = ((4, 3, "left", "bottom"), (4, -3, "left", "top"), (-4, 3, "right", "bottom"),
-            (-4, -3, "right", "top"), (0, 7, "center", "bottom"), (0, -7, "center", "top"),
-            (10, 10, "left", "bottom"), (-10, -10, "right", "top"))
+_OFFSETS = (
+    (4, 3, "left", "bottom"),
+    (4, -3, "left", "top"),
+    (-4, 3, "right", "bottom"),
+    (-4, -3, "right", "top"),
+    (0, 7, "center", "bottom"),
+    (0, -7, "center", "top"),
+    (10, 10, "left", "bottom"),
+    (-10, -10, "right", "top"),
+)
 
 
 def _place_labels(ax: Axes, x: np.ndarray, y: np.ndarray, names: list[str]) -> None:
@@ -442,8 +466,9 @@ def _place_labels(ax: Axes, x: np.ndarray, y: np.ndarray, names: list[str]) -> N
         if renderer is not None:
             for offset in _OFFSETS:
                 dx, dy, ha, va = offset
-                text = ax.annotate(name, (xi, yi), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va,
-                                   fontsize=7)
+                text = ax.annotate(
+                    name, (xi, yi), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va, fontsize=7
+                )
                 box = text.get_window_extent(renderer)
                 text.remove()
                 free = not any(box.expanded(1.05, 1.1).overlaps(b) for b in placed)
@@ -454,8 +479,18 @@ def _place_labels(ax: Axes, x: np.ndarray, y: np.ndarray, names: list[str]) -> N
                 if score == 3:
                     break
         dx, dy, ha, va = best
-        text = ax.annotate(name, (xi, yi), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va,
-                           fontsize=7, color="tab:red", zorder=4, gid="label")
+        text = ax.annotate(
+            name,
+            (xi, yi),
+            xytext=(dx, dy),
+            textcoords="offset points",
+            ha=ha,
+            va=va,
+            fontsize=7,
+            color="tab:red",
+            zorder=4,
+            gid="label",
+        )
         if renderer is not None:
             placed.append(text.get_window_extent(renderer))
 
@@ -562,8 +597,9 @@ def prediction_scatter(
         fig, ax = plt.subplots(figsize=(4.4, 4.4))
     fig = ax.figure
     big = len(x) > 5000
-    ax.scatter(x, y, s=4 if len(x) > 2000 else 14, c="0.35", alpha=0.8, linewidths=0, gid="genes",
-               rasterized=big, zorder=2)
+    ax.scatter(
+        x, y, s=4 if len(x) > 2000 else 14, c="0.35", alpha=0.8, linewidths=0, gid="genes", rasterized=big, zorder=2
+    )
     lo, hi = float(min(x.min(), y.min())), float(max(x.max(), y.max()))
     pad = 0.05 * (hi - lo) if hi > lo else 1.0
     lo, hi = lo - pad, hi + pad
@@ -577,11 +613,103 @@ def prediction_scatter(
     if n_lab:
         ax.apply_aspect()
         top = np.argsort(-np.abs(x), kind="stable")[:n_lab]
-        ax.scatter(x[top], y[top], s=26, facecolors="none", edgecolors="tab:red", linewidths=1, gid="highlight",
-                   zorder=3)
+        ax.scatter(
+            x[top], y[top], s=26, facecolors="none", edgecolors="tab:red", linewidths=1, gid="highlight", zorder=3
+        )
         _place_labels(ax, x[top], y[top], [str(n) for n in names[top]])
     ax.set_xlabel("true effect")
     ax.set_ylabel("predicted effect")
     scope = f"top {len(x)} genes by |true effect|" if top_k is not None else f"{len(x)} genes"
     ax.set_title(f"{perturbation} in {context}\nPearson r = {r:.2f} ({scope})", fontsize=plt.rcParams["font.size"])
+    return _finish(fig, ax, show=show, save=save, return_fig=return_fig, ax_given=ax_given)
+
+
+# ---------------------------------------------------------------------------------------------
+# pl.reliability
+# ---------------------------------------------------------------------------------------------
+def reliability(
+    results: pd.DataFrame,
+    *,
+    metric: str = "rel_error",
+    methods: Sequence[str] | None = None,
+    n_points: int = 20,
+    ax: Axes | None = None,
+    show: bool | None = None,
+    save: str | Path | None = None,
+    return_fig: bool = False,
+) -> Axes | Figure | None:
+    """How much a method's reliability score is worth: error of its most reliable predictions.
+
+    For every method of :func:`pertcausal.tl.evaluate_imputation` that gave a reliability, the
+    held-out pairs are sorted from most to least reliable and the mean ``metric`` of the most
+    reliable fraction is drawn against that fraction (a retention curve). An informative score
+    gives a curve that falls towards the left for an error (rises for an accuracy such as
+    ``pearson_top_k``); a flat curve means the score says nothing about the error.
+
+    Parameters
+    ----------
+    results
+        The DataFrame returned by :func:`pertcausal.tl.evaluate_imputation`.
+    metric
+        A per-pair column of ``results``: ``"rel_error"`` (default), ``"mse"``, ``"pearson_top_k"``, ...
+    methods
+        Methods to draw (default: every method with a finite reliability).
+    n_points
+        Points per curve, at evenly spaced retained fractions from ``1 / n_points`` to 1.
+    ax, show, save, return_fig
+        As in scanpy: draw into ``ax``, show the figure, save it, or return the Figure.
+
+    Returns
+    -------
+    The Axes (``show=False``), the Figure (``return_fig=True``) or ``None``.
+
+    Examples
+    --------
+    >>> import pertcausal as pc
+    >>> sig = pc.data.simulate_effects(n_perturbations=30, n_contexts=6, n_genes=20, seed=0)
+    >>> res = pc.tl.evaluate_imputation(sig, methods=["additive", "nearest_context"], n_folds=3, progress_bar=False)
+    >>> ax = pc.pl.reliability(res, show=False)
+    """
+    import matplotlib.pyplot as plt
+
+    for col in ("method", "reliability", metric):
+        if col not in results.columns:
+            raise KeyError(
+                f"results have no column {col!r} (expected the output of pertcausal.tl.evaluate_imputation); "
+                f"columns are: {_list(results.columns)}"
+            )
+    if n_points < 1:
+        raise ValueError(f"n_points must be >= 1, got {n_points}")
+    rel = pd.to_numeric(results["reliability"], errors="coerce")
+    has = results.loc[np.isfinite(rel), "method"].astype(str).unique().tolist()
+    if methods is None:
+        methods = [m for m in results["method"].astype(str).unique() if m in has]
+    else:
+        unknown = [m for m in methods if m not in has]
+        if unknown:
+            raise ValueError(
+                f"method(s) {_list(unknown)} have no finite reliability in results; those with one: {_list(has)}"
+            )
+    if not methods:
+        raise ValueError("no method in results gave a reliability score")
+    ax_given = ax is not None
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(5.0, 3.6))
+    fig = ax.figure
+    fractions = np.linspace(1.0 / n_points, 1.0, n_points)
+    for m in methods:
+        part = results[results["method"].astype(str) == m]
+        r = pd.to_numeric(part["reliability"], errors="coerce").to_numpy(np.float64)
+        v = pd.to_numeric(part[metric], errors="coerce").to_numpy(np.float64)
+        ok = np.isfinite(r) & np.isfinite(v)
+        r, v = r[ok], v[ok]
+        order = np.argsort(-r, kind="stable")
+        csum = np.cumsum(v[order])
+        keep = np.maximum(1, np.round(fractions * len(v)).astype(int))
+        ax.plot(fractions, csum[keep - 1] / keep, marker="o", ms=3, label=m, gid=f"curve:{m}")
+    ax.set_xlabel("fraction of held-out pairs kept (most reliable first)")
+    ax.set_ylabel(f"mean {metric}")
+    ax.set_xlim(0, 1.02)
+    ax.legend(fontsize="small", frameon=False)
+    ax.set_title("reliability versus error")
     return _finish(fig, ax, show=show, save=save, return_fig=return_fig, ax_given=ax_given)

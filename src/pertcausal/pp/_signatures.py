@@ -211,17 +211,16 @@ def signatures(
     ``"perturbation|context"``), the genes of ``data`` as ``var``, and
 
     - ``X``: the effect;
-    - ``layers["se"]``: per-gene standard error of the effect (NaN with a single replicate);
-      replicate variation of the pair plus that of its matched controls;
+    - ``layers["se"]``: per-gene standard error of the effect (pair and matched-control replicates);
     - ``layers["mean"]``: the pair's mean level (with a control);
-    - ``obs["perturbation"]``, ``obs["context"]`` (categoricals), the key columns when several keys
-      were joined, ``obs["n_cells"]`` (observations), ``obs["n_replicates"]`` and
-      ``obs["replicate_agreement"]``: mean pairwise Pearson correlation of the replicates' effects
-      (NaN with fewer than 2 replicates);
-    - ``uns["control_mean"]``: DataFrame of control means, contexts x genes (with a control; with
-      ``control_match`` the mean of the matched controls of the context's pairs);
+    - ``obs["perturbation"]``, ``obs["context"]`` (categoricals), and the keys' own columns when joined;
+    - ``obs["n_cells"]`` (observations) and ``obs["n_replicates"]``;
+    - ``obs["replicate_agreement"]``: mean pairwise Pearson correlation of the replicates' effects;
+    - ``uns["control_mean"]``: control means, contexts x genes (with ``control_match``, of the matched controls);
     - ``uns["control_n_cells"]``: control observations per context;
     - ``uns["signatures"]["params"]``: how the signatures were made.
+
+    Standard errors and agreement are NaN with a single replicate.
 
     Examples
     --------
@@ -502,7 +501,7 @@ def signatures(
     if control is not None:
         layers["mean"] = mean[rows].astype(np.float32)
     out = AnnData(
-        X=effect[rows].astype(np.float32), obs=out_obs, var=pd.DataFrame(index=adata.var_names.copy()), layers=layers
+        X=effect[rows].astype(np.float32), obs=out_obs, var=adata.var.copy(), layers=layers
     )
     if control is not None:
         # context baseline: the mean of the matched control groups used by its pairs, weighted by

@@ -34,6 +34,8 @@ def _folds(codes_p: np.ndarray, codes_c: np.ndarray, holdout: str, n_folds: int,
     over the folds, as in the NTK reference); ``context``/``perturbation`` hold out whole groups."""
     rng = np.random.default_rng(seed)
     fold = np.empty(len(codes_p), dtype=np.int64)
+    if holdout == "pair" and n_folds >= len(codes_p):  # leave one pair out
+        return np.arange(len(codes_p))
     if holdout == "pair":
         for c in np.unique(codes_c):
             rows = np.flatnonzero(codes_c == c)
@@ -58,6 +60,8 @@ def evaluate_imputation(
     seed: int = 0,
     top_k: int = 50,
     device: str = "auto",
+    perturbation_features: pd.DataFrame | np.ndarray | None = None,
+    context_features: pd.DataFrame | np.ndarray | None = None,
     progress_bar: bool = True,
 ) -> pd.DataFrame:
     """Cross-validate imputation methods by holding out observed pairs and predicting them.
@@ -73,7 +77,8 @@ def evaluate_imputation(
         ``"pair"``: folds of pairs stratified by context; ``"context"``: all pairs of a group of
         contexts are held out together; ``"perturbation"``: likewise for perturbations.
     n_folds
-        Number of folds (capped by the number of pairs, contexts or perturbations held out).
+        Number of folds (capped by the number of pairs, contexts or perturbations held out); with
+        ``holdout="pair"``, ``n_folds`` at least the number of pairs holds out one pair at a time.
     seed
         Seed of the fold assignment and of the methods' randomised parts.
     top_k
@@ -81,6 +86,10 @@ def evaluate_imputation(
         for ``pearson_top_k``.
     device
         Device for torch-backed methods.
+    perturbation_features, context_features
+        Optional covariates per perturbation / context (DataFrame indexed by label, or array in
+        category order), as in :func:`pertcausal.tl.impute`: e.g. dose and time of each context, so
+        that a context held out entirely can still be placed among the others.
     progress_bar
         Show a progress bar over folds.
 
@@ -115,7 +124,9 @@ def evaluate_imputation(
     for label, spec in specs.items():
         spec.setdefault("method", label)
         check_method(spec["method"], device)
-    grid, perts, ctxs = grid_from_signatures(signatures)
+    grid, perts, ctxs = grid_from_signatures(
+        signatures, perturbation_features=perturbation_features, context_features=context_features
+    )
     fold = _folds(grid.pert, grid.ctx, holdout, n_folds, seed)
     frames = []
     truths: dict[str, list[np.ndarray]] = {label: [] for label in specs}

@@ -200,7 +200,7 @@ def impute(
         variance = np.zeros(len(x))  # observed pairs are measured, not predicted
         variance[flat_q] = pred.variance
         obs["posterior_variance"] = variance
-    out = AnnData(X=x, obs=obs, var=pd.DataFrame(index=sig.var_names.copy()))
+    out = AnnData(X=x, obs=obs, var=sig.var.copy())
     if grid.baseline is not None:
         out.layers["mean"] = (x + grid.baseline[cc_]).astype(np.float32)
         out.uns["control_mean"] = pd.DataFrame(
