@@ -312,9 +312,10 @@ n_folds=10)`; pertpy's scGen trained from scratch in each fold on the same cells
 Methods that made the same prediction in every context: {same or "none"}. With a single
 perturbation the grid has one row, so the additive model, the mean over contexts and soft-impute all
 reduce to the mean effect of the other contexts, and the mean over perturbations, which has no other
-perturbation to average, falls back to the same mean. SI-Action's only donor action is the control,
-so it regresses stimulated on control expression across the other contexts, which predicts little
-of the effect; SI-Context (what `donor="auto"` picks here) uses the other contexts as donors.
+perturbation to average, falls back to the same mean. SI-Action's only possible donor action is the
+control; validation on training pairs (`use_control="auto"`) finds that regressing stimulated on
+control expression predicts worse than the mean, so it falls back to the same mean too. SI-Context
+(what `donor="auto"` picks here) uses the other contexts as donors.
 
 ## Per held-out context: Pearson on the top-{TOP_K} genes
 
