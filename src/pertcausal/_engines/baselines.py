@@ -46,8 +46,9 @@ def additive(
     y = grid.y.astype(np.float64)
     mu = y.mean(0)
     b = np.zeros((grid.n_contexts, grid.n_genes))
-    seen = grid.group_mean("pert")[1] > 0
-    seen_ctx = grid.group_mean("ctx")[1] > 0
+    ind_p, ind_c = grid.indicator("pert"), grid.indicator("ctx")
+    seen = np.asarray(ind_p.sum(1)).ravel() > 0
+    seen_ctx = np.asarray(ind_c.sum(1)).ravel() > 0
     prev = np.inf
     for _ in range(n_iter):
         a, _n = grid.group_mean("pert", y - mu - b[grid.ctx])
@@ -60,13 +61,11 @@ def additive(
         if np.isfinite(prev) and prev - rss <= tol * max(prev, 1.0):
             break
         prev = rss
-    resid2 = ((y - mu - a[grid.pert] - b[grid.ctx]) ** 2).sum(1, keepdims=True)
-    y2 = (y * y).sum(1, keepdims=True)
-    rss_p, ss_p = grid.group_mean("pert", resid2)[0][:, 0], grid.group_mean("pert", y2)[0][:, 0]
-    rss_c, ss_c = grid.group_mean("ctx", resid2)[0][:, 0], grid.group_mean("ctx", y2)[0][:, 0]
-    n_p, n_c = grid.group_mean("pert")[1], grid.group_mean("ctx")[1]
-    num = rss_p[qp] * n_p[qp] + rss_c[qc] * n_c[qc]
-    den = ss_p[qp] * n_p[qp] + ss_c[qc] * n_c[qc]
+    # per-row squared residual and squared effect, summed over the rows of each perturbation / context
+    resid2 = ((y - mu - a[grid.pert] - b[grid.ctx]) ** 2).sum(1)
+    y2 = (y * y).sum(1)
+    num = (ind_p @ resid2)[qp] + (ind_c @ resid2)[qc]
+    den = (ind_p @ y2)[qp] + (ind_c @ y2)[qc]
     with np.errstate(invalid="ignore", divide="ignore"):
         rel = np.clip(1.0 - num / den, 0.0, 1.0)
     return Prediction(mu + a[qp] + b[qc], rel, info={"rss": rss})
@@ -138,15 +137,17 @@ def nearest_context(
     n_nb = np.zeros(len(qp), dtype=np.int64)
     global_mean = grid.y.mean(0)
     step = max(1, 2_000_000 // max(grid.n_contexts, 1))
+    kk = min(k, grid.n_contexts)
     for s in range(0, len(qp), step):
         p, c = qp[s : s + step], qc[s : s + step]
         cand = np.where(index[p] >= 0, score[c], -np.inf)  # (queries, contexts)
-        kk = min(k, grid.n_contexts)
         order = np.argsort(-cand, axis=1)[:, :kk]
         best = np.take_along_axis(cand, order, axis=1)
         ok = np.isfinite(best)
-        w = np.where(ok, np.maximum(np.where(best < -1.0, best + 2.0, best), 0.0), 0.0)
-        w[ok.any(1) & (w.sum(1) == 0)] = ok[ok.any(1) & (w.sum(1) == 0)].astype(float)
+        sims = np.where(ok, np.where(best < -1.0, best + 2.0, best), 0.0)  # undo the fallback offset
+        w = np.maximum(sims, 0.0)
+        flat = ok.any(1) & (w.sum(1) == 0)  # no positively similar neighbour: equal weights
+        w[flat] = ok[flat]
         rows = index[p[:, None], order]
         vals = np.where(ok[..., None], grid.y[np.maximum(rows, 0)], 0.0)
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -154,7 +155,6 @@ def nearest_context(
         none = ~ok.any(1)
         pred[none] = np.where(ctx_n[c[none], None] > 0, ctx_mean[c[none]], global_mean)
         out[s : s + step] = pred
-        sims = np.where(ok, np.where(best < -1.0, best + 2.0, best), 0.0)
         with np.errstate(invalid="ignore", divide="ignore"):
             rel[s : s + step] = np.clip(sims.sum(1) / ok.sum(1), 0.0, 1.0)
         n_nb[s : s + step] = ok.sum(1)

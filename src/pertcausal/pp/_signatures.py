@@ -57,21 +57,27 @@ def _joined(obs: pd.DataFrame, keys: list[str], sep: str) -> pd.Series:
     return out
 
 
-def _selection(obs: pd.DataFrame, select: Mapping[str, Any] | None, where: str) -> np.ndarray:
+def _select_values(values: Any) -> list[str]:
+    """The values of one ``select`` entry as strings (a single value or a sequence of them)."""
+    wanted = [values] if isinstance(values, str) or not isinstance(values, Sequence) else list(values)
+    return [str(v) for v in wanted]
+
+
+def _selection(adata: AnnData, select: Mapping[str, Any] | None, where: str) -> np.ndarray:
     """Boolean mask of the rows kept by ``select`` (``{obs key: value or list of values}``)."""
+    obs = adata.obs
     keep = np.ones(len(obs), dtype=bool)
     for key, values in (select or {}).items():
-        if key not in obs.columns:
-            raise KeyError(f"select key {key!r} is not a column of {where}.obs; columns are: {_list(obs.columns)}")
-        wanted = [values] if isinstance(values, str) or not isinstance(values, Sequence) else list(values)
-        col = obs[key]
-        present = set(col.astype(str))
-        missing = [v for v in wanted if str(v) not in present]
+        check_obs_key(adata, key, argname="select key", where=where)
+        wanted = _select_values(values)
+        col = obs[key].astype(str)
+        present = set(col)
+        missing = [v for v in wanted if v not in present]
         if missing:
             raise ValueError(
                 f"select: value(s) {_list(missing)} not found in obs[{key!r}]; values are: {_list(sorted(present))}"
             )
-        keep &= col.astype(str).isin([str(v) for v in wanted]).to_numpy()
+        keep &= col.isin(wanted).to_numpy()
     if not keep.any():
         raise ValueError(f"select={dict(select or {})!r} keeps no row of {where}")
     return keep
@@ -260,7 +266,7 @@ def signatures(
     if mkeys and control is None:
         raise ValueError("control_match needs a control; with control=None the input is taken as effects")
     obs = adata.obs
-    keep = _selection(obs, select, where)
+    keep = _selection(adata, select, where)
 
     x = get_matrix(adata, layer, where=where)
     check_finite(x, what=f"{where}.{'X' if layer is None else f'layers[{layer!r}]'}")
@@ -494,15 +500,12 @@ def signatures(
             if k not in ("perturbation", "context"):
                 out_obs[k] = obs[k].iloc[first_row.loc[rows].to_numpy()].to_numpy()
     out_obs["n_cells"] = pair_n[rows].astype(np.int64)
-    n_reps = np.bincount(u_pair, minlength=n_pairs) if replicate_key is not None else pair_n
-    out_obs["n_replicates"] = np.asarray(n_reps)[rows].astype(np.int64)
+    out_obs["n_replicates"] = n_units[rows].astype(np.int64)
     out_obs["replicate_agreement"] = agreement[rows]
     layers = {"se": se[rows].astype(np.float32)}
     if control is not None:
         layers["mean"] = mean[rows].astype(np.float32)
-    out = AnnData(
-        X=effect[rows].astype(np.float32), obs=out_obs, var=adata.var.copy(), layers=layers
-    )
+    out = AnnData(X=effect[rows].astype(np.float32), obs=out_obs, var=adata.var.copy(), layers=layers)
     if control is not None:
         # context baseline: the mean of the matched control groups used by its pairs, weighted by
         # observations (with the default matching: the controls of the context itself)
@@ -530,10 +533,7 @@ def signatures(
             "control": control if control is not None else "None",
             "control_match": mkeys or ckeys if control is not None else [],
             "replicate_key": replicate_key if replicate_key is not None else "None",
-            "select": {
-                str(k): [str(v)] if isinstance(v, str) or not isinstance(v, Sequence) else [str(i) for i in v]
-                for k, v in (select or {}).items()
-            },
+            "select": {str(k): _select_values(v) for k, v in (select or {}).items()},
             "pool": pool,
             "layer": layer if layer is not None else "X",
             "min_cells": int(min_cells),
