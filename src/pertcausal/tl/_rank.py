@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .._engines.connectivity import cosine_scores, pearson_scores, connectivity_scores
+from .._engines.connectivity import connectivity_scores, cosine_scores, pearson_scores
 from .._utils._validate import (
     _list,
     check_choice,
@@ -127,7 +127,10 @@ def _signature_vector(
     return np.arange(n_vars), values, n_vars
 
 
-_SCORERS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {"cosine": cosine_scores, "pearson": pearson_scores}
+_SCORERS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    "cosine": cosine_scores,
+    "pearson": pearson_scores,
+}
 METHODS = ("cosine", "pearson", "connectivity")
 
 
