@@ -9,6 +9,10 @@ import subprocess
 from collections.abc import Iterable, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -43,10 +47,12 @@ def _version(pkg: str) -> str:
 def git_revision() -> str:
     """Short commit of the repository, with ``+dirty`` when the working tree has changes."""
     try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                             check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True,
-                               check=True).stdout.strip()
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
         return rev + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -91,6 +97,7 @@ def markdown_table(rows: Sequence[Sequence[object]], header: Sequence[str], *, d
         return str(v)
 
     cells = [[fmt(v) for v in row] for row in rows]
+
     def is_number(v: object) -> bool:
         if isinstance(v, int | float):
             return True
@@ -105,3 +112,29 @@ def markdown_table(rows: Sequence[Sequence[object]], header: Sequence[str], *, d
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
     lines += ["| " + " | ".join(row) + " |" for row in cells]
     return "\n".join(lines)
+
+
+def imputation_summary(res: pd.DataFrame, *, top_k: int, pooled: bool = True) -> tuple[pd.DataFrame, str]:
+    """:func:`pertcausal.tl.summarize_imputation` of an evaluation as a markdown table.
+
+    Adds ``seconds`` (prediction time summed over the held-out pairs). ``pooled=False`` for a subset of
+    the pairs: the pooled Pearson of the results is over all of them, so it is not shown.
+    """
+    import pertcausal as pc
+
+    s = pc.tl.summarize_imputation(res)
+    if not pooled:
+        s["pooled_pearson"] = float("nan")
+    s["seconds"] = res.groupby("method", observed=True)["seconds_per_pair"].sum()
+    columns = {
+        "pearson_top_k": f"top-{top_k} DE Pearson",
+        "pooled_pearson": "pooled Pearson",
+        "r2": "mean R2",
+        "cosine": "mean cosine",
+        "reliability_spearman": "Spearman(reliability, error)",
+        "rel_error_reliable_half": "rel. error, reliable half",
+        "rel_error_other_half": "rel. error, other half",
+        "seconds": "seconds",
+    }
+    rows = [[m, *(float(s.loc[m, c]) for c in columns), int(s.loc[m, "n_pairs"])] for m in s.index]
+    return s, markdown_table(rows, ["method", *columns.values(), "pairs"])

@@ -21,10 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-import pandas as pd
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, SHARED_DATA, machine_info, machine_markdown, markdown_table
+from _common import ROOT, SHARED_DATA, imputation_summary, machine_info, machine_markdown, markdown_table
 
 DATA = SHARED_DATA / "l1000-cmapr-3drugs-65lines" / "l1000_cmapr_modz_n272x978.h5ad"
 OUTPUT = ROOT / "docs" / "benchmarks" / "impute_l1000.md"
@@ -40,41 +38,6 @@ METHODS: dict[str, dict] = {
     "mean_over_perturbations": {},
     "soft_impute": {},
 }
-
-
-def summary(res: pd.DataFrame, *, pooled: bool = True) -> tuple[pd.DataFrame, str]:
-    """Summary table; ``pooled=False`` for a subset of the pairs (the pooled Pearson is over all of them)."""
-    import pertcausal as pc
-
-    s = pc.tl.summarize_imputation(res)
-    if not pooled:
-        s["pooled_pearson"] = float("nan")
-    s["seconds"] = res.groupby("method", observed=True)["seconds_per_pair"].sum()
-    cols = [
-        "pearson_top_k",
-        "pooled_pearson",
-        "r2",
-        "cosine",
-        "reliability_spearman",
-        "rel_error_reliable_half",
-        "rel_error_other_half",
-        "seconds",
-        "n_pairs",
-    ]
-    rows = [[m, *[float(s.loc[m, c]) if c != "n_pairs" else int(s.loc[m, c]) for c in cols]] for m in s.index]
-    header = [
-        "method",
-        f"top-{TOP_K} DE Pearson",
-        "pooled Pearson",
-        "mean R2",
-        "mean cosine",
-        "Spearman(reliability, error)",
-        "rel. error, reliable half",
-        "rel. error, other half",
-        "seconds",
-        "pairs",
-    ]
-    return s, markdown_table(rows, header)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,11 +59,11 @@ def main(argv: list[str] | None = None) -> int:
         sig, methods=methods, holdout="pair", n_folds=sig.n_obs, top_k=TOP_K, progress_bar=False, device="cpu"
     )
     seconds = time.perf_counter() - t0
-    s_all, md_all = summary(res)
+    s_all, md_all = imputation_summary(res, top_k=TOP_K)
     vem = res[res["perturbation"] == "vemurafenib"]
     braf = vem[vem["context"].isin(BRAF_V600E)]
-    s_braf, md_braf = summary(braf, pooled=False)
-    _, md_other = summary(vem[~vem["context"].isin(BRAF_V600E)], pooled=False)
+    s_braf, md_braf = imputation_summary(braf, pooled=False, top_k=TOP_K)
+    _, md_other = imputation_summary(vem[~vem["context"].isin(BRAF_V600E)], pooled=False, top_k=TOP_K)
     per_line = braf.pivot_table(index="context", columns="method", values="pearson_top_k", observed=True)
     per_line = per_line[[m for m in s_all.index if m in per_line.columns]]
     md_lines = markdown_table(

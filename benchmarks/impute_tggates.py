@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, SHARED_DATA, machine_info, machine_markdown, markdown_table
+from _common import ROOT, SHARED_DATA, imputation_summary, machine_info, machine_markdown
 
 DATA = SHARED_DATA / "tggates-small-toxicogx" / "tggates_small_hepatocyte.h5ad"
 OUTPUT = ROOT / "docs" / "benchmarks" / "impute_tggates.md"
@@ -102,42 +102,6 @@ def evaluate(sig, features, methods: dict, holdout: str, n_folds: int):
     return res, time.perf_counter() - t0
 
 
-def table(res: pd.DataFrame, *, pooled: bool = True) -> tuple[pd.DataFrame, str]:
-    """Summary table; ``pooled=False`` for a subset of the pairs (the pooled Pearson is over all of them)."""
-    import pertcausal as pc
-
-    s = pc.tl.summarize_imputation(res)
-    if not pooled:
-        s["pooled_pearson"] = float("nan")
-    seconds = res.groupby("method", observed=True).apply(
-        lambda d: float((d["seconds_per_pair"]).sum()), include_groups=False
-    )
-    s["seconds"] = seconds
-    cols = [
-        "pearson_top_k",
-        "pooled_pearson",
-        "r2",
-        "cosine",
-        "reliability_spearman",
-        "rel_error_reliable_half",
-        "rel_error_other_half",
-        "seconds",
-    ]
-    rows = [[m, *[float(s.loc[m, c]) for c in cols]] for m in s.index]
-    header = [
-        "method",
-        f"top-{TOP_K} DE Pearson",
-        "pooled Pearson",
-        "mean R2",
-        "mean cosine",
-        "Spearman(reliability, error)",
-        "rel. error, reliable half",
-        "rel. error, other half",
-        "seconds",
-    ]
-    return s, markdown_table(rows, header)
-
-
 def verdict(s: pd.DataFrame, split: str) -> str:
     avail = [m for m in BASELINES if m in s.index]
     best_base = max(avail, key=lambda m: s.loc[m, "pearson_top_k"])
@@ -170,14 +134,14 @@ def main(argv: list[str] | None = None) -> int:
         f"{sig.obs['context'].nunique()} conditions x {sig.n_vars} genes"
     )
     res_pair, t_pair = evaluate(sig, features, methods, "pair", 3 if args.quick else 10)
-    s_pair, md_pair = table(res_pair)
+    s_pair, md_pair = imputation_summary(res_pair, top_k=TOP_K)
     print(f"\n(a) held-out pairs, 10 folds ({t_pair:.0f} s)\n\n{md_pair}")
     n_ctx = sig.obs["context"].nunique()
     res_ctx, t_ctx = evaluate(sig, features, methods, "context", n_ctx)
-    s_ctx, md_ctx = table(res_ctx)
+    s_ctx, md_ctx = imputation_summary(res_ctx, top_k=TOP_K)
     print(f"\n(b) each condition held out entirely ({t_ctx:.0f} s)\n\n{md_ctx}")
     high = res_ctx[res_ctx["context"] == "High_24"]
-    s_high, md_high = table(high, pooled=False)
+    s_high, md_high = imputation_summary(high, pooled=False, top_k=TOP_K)
     print(f"\n(b') the 24 h high-dose condition held out\n\n{md_high}")
     lines = [
         verdict(s_pair, "(a) held-out pairs"),
