@@ -22,7 +22,7 @@ CI_RUN = ROOT / ".ci" / "run"
 # it installs the same `matplotlib` distribution, so `pip check` is satisfied.
 PYPI_TO_CONDA = {"torch": "pytorch", "matplotlib": "matplotlib-base"}
 
-HEAVY_MODULES = ("torch", "scvi", "pertpy", "jax", "scanpy")
+HEAVY_MODULES = ("torch", "scvi", "pertpy", "jax", "scanpy", "bed_reader", "dask", "distributed")
 
 
 def _pyproject() -> dict:

@@ -1,5 +1,6 @@
 """Preprocessing: from single cells to perturbation signatures."""
 
+from ._genotypes import Genotypes, read_genotypes
 from ._signatures import signatures
 
-__all__ = ["signatures"]
+__all__ = ["Genotypes", "read_genotypes", "signatures"]
