@@ -75,7 +75,7 @@ def _collection(ax: Axes, gid: str):
 # pl.imputation
 # --------------------------------------------------------------------------------------------
 def test_exports():
-    assert set(pc.pl.__all__) == {"imputation", "prediction_scatter", "reliability"}
+    assert set(pc.pl.__all__) == {"imputation", "manhattan", "prediction_scatter", "qq", "reliability"}
     assert callable(pc.pl.imputation) and callable(pc.pl.prediction_scatter)
 
 

@@ -126,3 +126,20 @@ def test_l1000_imputation_notebook(python3_kernel):
     assert "gctx round trip identical: True" in text
     images = [out for cell in nb.cells for out in cell.get("outputs", []) if "image/png" in out.get("data", {})]
     assert len(images) >= 1
+
+
+HAPMAP_DIR = ROOT.parent / "shared" / "data" / "hapmap279-snprelate"
+
+
+def test_gwas_latent_notebook(python3_kernel):
+    nb = _execute("gwas_latent.ipynb", HAPMAP_DIR, python3_kernel)
+    text = _outputs_text(nb)
+    # observed when written: 5 of 5 causal variants, no other hit, lambda 7.6 without PCs and 1.18 with 5
+    assert _number(text, "causal variants recovered (joint p < 5e-8)") >= 4
+    assert _number(text, "other variants at joint p < 5e-8") <= 1
+    assert _number(text, "lambda joint, no genetic PCs") > 3
+    assert _number(text, "lambda joint, 5 genetic PCs") < 1.3
+    assert _number(text, "variants at joint p < 5e-8 without genetic PCs") > 20
+    assert _number(text, "causal variants among the lead variants") >= 4
+    images = [out for cell in nb.cells for out in cell.get("outputs", []) if "image/png" in out.get("data", {})]
+    assert len(images) >= 3
