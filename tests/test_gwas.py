@@ -438,3 +438,63 @@ def test_agrees_with_plink2(tmp_path):
         mant = ref["P"].str.split("e", expand=True)
         plink_mlog = -(np.log10(mant[0].astype(float)) + (mant[1].fillna("0").astype(int) if 1 in mant else 0))
         np.testing.assert_allclose(ours["mlog10p"].to_numpy(), plink_mlog.to_numpy(), atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# cross-fitted embeddings
+# ---------------------------------------------------------------------------------------------
+def _cells(n_donors=60, per=20, seed=15):
+    rng = np.random.default_rng(seed)
+    donors = np.repeat([f"d{i}" for i in range(n_donors)], per)
+    state = rng.normal(size=(n_donors * per, 4)) * np.array([4.0, 3.0, 2.0, 1.5])
+    X = state @ rng.normal(size=(4, 40)) + rng.normal(scale=0.5, size=(n_donors * per, 40))
+    return ad.AnnData(X, obs=pd.DataFrame({"donor": donors}, index=[f"c{i}" for i in range(len(donors))]))
+
+
+def test_cross_fit_never_embeds_a_donor_with_its_own_model():
+    adata = _cells()
+    seen = []
+
+    def fit(train):
+        train_donors = set(train.obs["donor"])
+
+        def transform(cells):
+            seen.append(bool(train_donors & set(cells.obs["donor"])))
+            return cells.X[:, :3]
+
+        return transform
+
+    pc.tl.cross_fit_embedding(adata, sample_key="donor", method=fit, n_folds=4, align=False)
+    assert seen == [False] * 4
+    folds = adata.obs.groupby("donor", observed=True)["X_cross_fit_fold"].nunique()
+    assert (folds == 1).all() and adata.obs["X_cross_fit_fold"].nunique() == 4
+    np.testing.assert_array_equal(adata.obsm["X_cross_fit"], adata.X[:, :3])
+
+
+def test_cross_fit_pca_is_aligned_across_folds():
+    adata = _cells()
+    pc.tl.cross_fit_embedding(adata, sample_key="donor", n_components=4, n_folds=5)
+    X = adata.X - adata.X.mean(axis=0)
+    full = X @ np.linalg.svd(X, full_matrices=False)[2][:4].T
+    emb = adata.obsm["X_cross_fit"]
+    # one orthogonal map takes the whole cross-fitted embedding onto the full-data PCA: the folds share axes
+    u, _, vt = np.linalg.svd((emb - emb.mean(0)).T @ full)
+    resid = (emb - emb.mean(0)) @ (u @ vt) - full
+    assert 1 - (resid**2).sum() / (full**2).sum() > 0.99
+    unaligned = adata.copy()
+    pc.tl.cross_fit_embedding(unaligned, sample_key="donor", n_components=4, n_folds=5, align=False)
+    emb2 = unaligned.obsm["X_cross_fit"]
+    u, _, vt = np.linalg.svd((emb2 - emb2.mean(0)).T @ full)
+    resid2 = (emb2 - emb2.mean(0)) @ (u @ vt) - full
+    assert (resid2**2).sum() > 10 * (resid**2).sum()  # sign flips between folds without alignment
+
+
+def test_cross_fit_errors():
+    adata = _cells(n_donors=5, per=4)
+    with pytest.raises(KeyError, match="sample_key 'nope'"):
+        pc.tl.cross_fit_embedding(adata, sample_key="nope")
+    with pytest.raises(ValueError, match="n_folds=6 must lie between 2 and the number of donors"):
+        pc.tl.cross_fit_embedding(adata, sample_key="donor", n_folds=6, n_components=2)
+    with pytest.raises(ValueError, match="unknown method 'umap'"):
+        pc.tl.cross_fit_embedding(adata, sample_key="donor", method="umap")
+    assert "X_cross_fit" not in adata.obsm

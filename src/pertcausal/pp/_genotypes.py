@@ -21,9 +21,10 @@ _CHROM_ALIASES = {"23": "X", "24": "Y", "25": "XY", "26": "MT", "M": "MT", "chrM
 
 def normalize_chrom(values: Sequence[Any] | pd.Series) -> pd.Series:
     """Chromosome labels as PLINK prints them: ``"1"``..``"22"``, ``"X"``, ``"Y"``, ``"XY"``, ``"MT"``."""
-    s = pd.Series(values, dtype=str).str.strip()
-    s = s.str.replace(r"^chr", "", regex=True, case=False)
-    return s.map(lambda c: _CHROM_ALIASES.get(c, c.upper() if c.lower() in {"x", "y", "xy", "mt"} else c))
+    codes, uniques = pd.factorize(pd.Series(values, dtype=str), sort=False)
+    clean = pd.Series(uniques).str.strip().str.replace(r"^chr", "", regex=True, case=False)
+    clean = clean.map(lambda c: _CHROM_ALIASES.get(c, c.upper() if c.lower() in {"x", "y", "xy", "mt"} else c))
+    return pd.Series(clean.to_numpy()[codes])
 
 
 class Genotypes:
