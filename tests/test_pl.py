@@ -75,7 +75,8 @@ def _collection(ax: Axes, gid: str):
 # pl.imputation
 # --------------------------------------------------------------------------------------------
 def test_exports():
-    assert set(pc.pl.__all__) == {"imputation", "manhattan", "prediction_scatter", "qq", "reliability"}
+    expected = {"imputation", "latent", "manhattan", "prediction_scatter", "qq", "reliability", "translation"}
+    assert set(pc.pl.__all__) == expected
     assert callable(pc.pl.imputation) and callable(pc.pl.prediction_scatter)
 
 

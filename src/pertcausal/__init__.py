@@ -1,6 +1,6 @@
 """pertcausal: causal analysis of perturbation screens for the scverse.
 
-The namespaces ``pp``, ``tl``, ``pl``, ``io`` and ``data`` are light to import:
+The namespaces ``pp``, ``tl``, ``pl``, ``io``, ``data`` and ``models`` are light to import:
 heavy libraries (torch, scvi-tools, pertpy, h5py) are imported inside the
 functions that need them.
 """
@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import data, io, pl, pp, tl
+from . import data, io, models, pl, pp, tl
 
 try:
     __version__ = version("pertcausal")
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
-__all__ = ["data", "io", "pl", "pp", "tl", "__version__"]
+__all__ = ["data", "io", "models", "pl", "pp", "tl", "__version__"]

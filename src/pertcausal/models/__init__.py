@@ -1,3 +1,16 @@
-"""scvi-tools model classes (none in this release)."""
+"""Model classes in the scvi-tools style (``setup_mudata``, ``train``, ``get_latent_representation``,
+``save``/``load``). They are imported on first access, so ``import pertcausal`` does not load torch."""
 
-__all__: list[str] = []
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["CrossModalAE"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "CrossModalAE":
+        from ._cross_modal import CrossModalAE
+
+        return CrossModalAE
+    raise AttributeError(f"module 'pertcausal.models' has no attribute {name!r}")

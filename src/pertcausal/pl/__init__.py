@@ -2,5 +2,6 @@
 
 from ._gwas import manhattan, qq
 from ._imputation import imputation, prediction_scatter, reliability
+from ._latent import latent, translation
 
-__all__ = ["imputation", "manhattan", "prediction_scatter", "qq", "reliability"]
+__all__ = ["imputation", "latent", "manhattan", "prediction_scatter", "qq", "reliability", "translation"]
