@@ -143,3 +143,23 @@ def test_gwas_latent_notebook(python3_kernel):
     assert _number(text, "causal variants among the lead variants") >= 4
     images = [out for cell in nb.cells for out in cell.get("outputs", []) if "image/png" in out.get("data", {})]
     assert len(images) >= 3
+
+
+CITESEQ_DIR = ROOT.parent / "shared" / "data" / "eccite-pbmc-citefuse"
+
+
+def test_citeseq_integration_notebook(python3_kernel):
+    nb = _execute("citeseq_integration.ipynb", CITESEQ_DIR, python3_kernel)
+    text = _outputs_text(nb)
+    # observed when written (8 seeds): held-out FOSCTTM 0.08-0.10, median protein correlation 0.34-0.38,
+    # CD8 0.81-0.86, CD4 0.82-0.86, CD19 0.71-0.74
+    held_out = _number(text, "FOSCTTM (held-out cells)")
+    assert held_out < 0.2
+    assert _number(text, "FOSCTTM (training cells)") < held_out
+    assert _number(text, "median protein correlation (held-out)") > 0.25
+    assert _number(text, "CD8 correlation (held-out)") > 0.7
+    assert _number(text, "CD4 correlation (held-out)") > 0.7
+    assert _number(text, "CD19 correlation (held-out)") > 0.6
+    assert "reloaded latent identical: True" in text
+    images = [out for cell in nb.cells for out in cell.get("outputs", []) if "image/png" in out.get("data", {})]
+    assert len(images) >= 4

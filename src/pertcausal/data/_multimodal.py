@@ -91,7 +91,8 @@ def simulate_multimodal(
     )
     a_rna.obsm["X_true"] = state[rows_rna]
     a_adt.obsm["X_true"] = state[rows_adt]
-    mdata = md.MuData({"rna": a_rna, "adt": a_adt})
+    with md.set_options(pull_on_update=False):
+        mdata = md.MuData({"rna": a_rna, "adt": a_adt})
     mdata.obs["cell_type"] = obs["cell_type"].reindex(mdata.obs_names).to_numpy()
     mdata.obs["batch"] = obs["batch"].reindex(mdata.obs_names).to_numpy()
     mdata.obsm["X_true"] = state[pd.Index(names).get_indexer(mdata.obs_names)]

@@ -142,6 +142,7 @@ def integrate(
         n_layers=n_layers,
         alignment=alignment,
         paired=None if paired == "auto" else bool(paired),
+        random_state=random_state,
         _setup=setup,
     )
     model.train(

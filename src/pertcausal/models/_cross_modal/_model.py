@@ -247,6 +247,8 @@ class CrossModalAE:
         ``"mmd"`` or ``"adversarial"`` distribution alignment.
     paired
         Use the pairs of cells measured in several modalities (True when there are any).
+    random_state
+        Seed of the initial weights (None: torch's current random state).
 
     Examples
     --------
@@ -269,6 +271,7 @@ class CrossModalAE:
         dropout: float = 0.1,
         alignment: str = "mmd",
         paired: bool | None = None,
+        random_state: int | None = 0,
         _setup: dict[str, Any] | None = None,
     ) -> None:
         import torch
@@ -304,7 +307,10 @@ class CrossModalAE:
             "dropout": dropout,
             "alignment": alignment,
             "paired": self.paired,
+            "random_state": random_state,
         }
+        if random_state is not None:
+            torch.manual_seed(random_state)
         self.module = CrossModalModule(
             {m: len(f) for m, f in self.setup["features"].items()},
             self.setup["likelihoods"],
@@ -463,28 +469,29 @@ class CrossModalAE:
             if len(self.validation_indices)
             else None
         )
-        trainer = lpl.Trainer(
-            max_epochs=max_epochs,
-            accelerator=accelerator,
-            devices=devices,
-            strategy=strategy,
-            enable_progress_bar=progress_bar,
-            enable_model_summary=False,
-            enable_checkpointing=False,
-            logger=False,
-            num_sanity_val_steps=0,
-            **trainer_kwargs,
-        )
         rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
         level = rank_zero.level
         rank_zero.setLevel(logging.WARNING)  # no "GPU available" / tips chatter on every fit
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-            warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
-            try:
+        try:
+            trainer = lpl.Trainer(
+                max_epochs=max_epochs,
+                accelerator=accelerator,
+                devices=devices,
+                strategy=strategy,
+                enable_progress_bar=progress_bar,
+                enable_model_summary=False,
+                enable_checkpointing=False,
+                logger=False,
+                num_sanity_val_steps=0,
+                **trainer_kwargs,
+            )
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+                warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+                warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")
                 trainer.fit(plan, train_dataloaders=train_loader, val_dataloaders=val_loader)
-            finally:
-                rank_zero.setLevel(level)
+        finally:
+            rank_zero.setLevel(level)
         self.module = plan.module.to(torch.device("cpu"))
         self.module.eval()
         self.history = pd.DataFrame(plan.history)
