@@ -113,6 +113,28 @@ def test_same_seed_same_model():
     assert not np.array_equal(other.get_latent_representation(), runs[0].get_latent_representation())
 
 
+def test_early_stopping_and_feature_selection():
+    mdata = pc.data.simulate_multimodal(n_cells=300, n_genes=60, n_proteins=8, random_state=7)
+    mdata["rna"].var["highly_variable"] = np.arange(60) < 40
+    model = pc.tl.integrate(
+        mdata,
+        n_latent=4,
+        features={"rna": "highly_variable"},
+        early_stopping=True,
+        early_stopping_patience=3,
+        **{**FAST, "max_epochs": 200},
+    )
+    assert len(model.setup["features"]["rna"]) == 40
+    params = mdata.uns["X_pertcausal"]["params"]
+    assert params["epochs_run"] < 200 and params["epochs_run"] - params["best_epoch"] - 1 == 3
+    # extra features in new data change nothing: the library is over the model's features
+    wide = md.MuData({"rna": mdata["rna"].copy()})
+    narrow = md.MuData({"rna": mdata["rna"][:, :40].copy()})
+    np.testing.assert_allclose(model.translate("rna", "adt", wide), model.translate("rna", "adt", narrow), rtol=1e-6)
+    with pytest.raises(KeyError, match=r"features\['rna'\] = 'hvg' is not a column"):
+        pc.tl.integrate(mdata, features={"rna": "hvg"}, **FAST)
+
+
 def test_new_data_with_one_modality(paired):
     mdata, model = paired
     rna_only = md.MuData({"rna": mdata["rna"][:50].copy()})

@@ -79,7 +79,7 @@ def _resolve_translations(mdata: MuData, translations: Any) -> list[tuple[str, s
         if not (isinstance(item, tuple | list) and len(item) == 3):
             raise TypeError(f"translations must hold modality names or (source, target, key) tuples; got {item!r}")
         source, target, key = (str(v) for v in item)
-        for what, name in (("source", source), ("target", target), ("translation", key)):
+        for what, name in (("target", target), ("translation", key)):  # the source is only a label here
             if name not in mdata.mod:
                 raise KeyError(
                     f"{what} {name!r} of translation {tuple(item)!r} is not a modality of the MuData; "

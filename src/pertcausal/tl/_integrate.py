@@ -55,6 +55,7 @@ def integrate(
     batch_key: str | None = None,
     categorical_covariate_keys: Sequence[str] | None = None,
     labels_key: str | None = None,
+    features: dict[str, str | Sequence[str]] | None = None,
     alignment: str = "mmd",
     n_hidden: int = 256,
     n_layers: int = 2,
@@ -90,8 +91,8 @@ def integrate(
         ``"auto"``, ``"cpu"`` or ``"cuda[:N]"``.
     max_epochs
         Training epochs (default: scvi-tools' rule from the number of cells).
-    layers, likelihoods, batch_key, categorical_covariate_keys, labels_key
-        See :meth:`pertcausal.models.CrossModalAE.setup_mudata`.
+    layers, likelihoods, batch_key, categorical_covariate_keys, labels_key, features
+        See :meth:`pertcausal.models.CrossModalAE.setup_mudata` (e.g. ``features={"rna": "highly_variable"}``).
     alignment, n_hidden, n_layers
         See :class:`pertcausal.models.CrossModalAE`.
     batch_size
@@ -134,6 +135,7 @@ def integrate(
         batch_key=batch_key,
         categorical_covariate_keys=categorical_covariate_keys,
         labels_key=labels_key,
+        features=features,
     )
     model = CrossModalAE(
         mdata,

@@ -70,6 +70,7 @@ def setup_mudata(
     batch_key: str | None = None,
     categorical_covariate_keys: Sequence[str] | None = None,
     labels_key: str | None = None,
+    features: dict[str, str | Sequence[str]] | None = None,
 ) -> dict[str, Any]:
     """Check a MuData for :class:`CrossModalAE` and record the setup in ``mdata.uns``; returns the setup."""
     from mudata import MuData
@@ -88,10 +89,30 @@ def setup_mudata(
         raise KeyError(f"layers names modalities {_list(sorted(unknown))} that are not integrated ({_list(mods)})")
     if isinstance(likelihoods, str):
         likelihoods = dict.fromkeys(mods, likelihoods)
+    features = dict(features or {})
+    unknown = set(features) - set(mods)
+    if unknown:
+        raise KeyError(f"features names modalities {_list(sorted(unknown))} that are not integrated ({_list(mods)})")
     setup: dict[str, Any] = {"modalities": mods, "layers": {}, "likelihoods": {}, "features": {}}
     for m in mods:
         ad = mdata.mod[m]
         X = _matrix(ad, layers.get(m), f"mdata.mod[{m!r}]")
+        chosen = np.ones(ad.n_vars, dtype=bool)
+        if m in features:
+            sel = features[m]
+            if isinstance(sel, str):  # a boolean var column, e.g. "highly_variable"
+                if sel not in ad.var.columns:
+                    raise KeyError(
+                        f"features[{m!r}] = {sel!r} is not a column of mdata.mod[{m!r}].var; columns are: "
+                        f"{_list(ad.var.columns)}"
+                    )
+                chosen = ad.var[sel].to_numpy(dtype=bool)
+            else:
+                missing = pd.Index(list(sel)).difference(ad.var_names)
+                if len(missing):
+                    raise KeyError(f"features[{m!r}] names {len(missing)} absent features (e.g. {_list(missing[:5])})")
+                chosen = ad.var_names.isin(list(sel))
+            X = X[:, np.flatnonzero(chosen)]
         vals = _values(X)
         if vals.size and not np.isfinite(vals).all():
             raise ValueError(
@@ -110,17 +131,18 @@ def setup_mudata(
                 "or likelihoods={...: 'gaussian'}"
             )
         nonzero = np.asarray(abs(X).sum(axis=0) if sp.issparse(X) else np.abs(X).sum(axis=0)).ravel() > 0
+        names = ad.var_names[chosen]
         if not nonzero.all():
             warnings.warn(
                 f"{int((~nonzero).sum())} features of modality {m!r} are zero in every cell and are left out "
-                f"(e.g. {_list(ad.var_names[~nonzero][:5])})",
+                f"(e.g. {_list(names[~nonzero][:5])})",
                 stacklevel=3,
             )
         if not nonzero.any():
             raise ValueError(f"every feature of modality {m!r} is zero")
         setup["layers"][m] = "None" if layers.get(m) is None else layers[m]
         setup["likelihoods"][m] = lik
-        setup["features"][m] = list(map(str, ad.var_names[nonzero]))
+        setup["features"][m] = list(map(str, names[nonzero]))
     keys = ([batch_key] if batch_key else []) + list(categorical_covariate_keys or [])
     setup["covariates"] = {}
     for k in keys:
@@ -166,8 +188,9 @@ class _Cells:
                 )
             cols = ad.var_names.get_indexer(setup["features"][m])
             X = sp.csr_matrix(X, dtype=np.float32) if sp.issparse(X) else np.asarray(X, dtype=np.float32)
-            self.library[m] = np.asarray(X.sum(axis=1)).ravel().astype(np.float32)
             self.X[m] = X[:, cols]
+            # the library is over the model's features, so extra features in new data change nothing
+            self.library[m] = np.asarray(self.X[m].sum(axis=1)).ravel().astype(np.float32)
             self.rows[m] = np.asarray(mdata.obsmap[m]).ravel().astype(np.int64) - 1
         if not paired:  # each cell keeps only its first modality: no pairs are used
             seen = np.zeros(self.n, dtype=bool)
@@ -348,6 +371,7 @@ class CrossModalAE:
         batch_key: str | None = None,
         categorical_covariate_keys: Sequence[str] | None = None,
         labels_key: str | None = None,
+        features: dict[str, str | Sequence[str]] | None = None,
     ) -> None:
         """Register ``mdata``: modalities, their layers and likelihoods, covariates and anchoring labels.
 
@@ -366,6 +390,9 @@ class CrossModalAE:
             Categorical covariates given to the decoders (obs columns of the MuData or of its modalities).
         labels_key
             Labels (e.g. cell type, perturbation) anchoring unpaired modalities; missing values allowed.
+        features
+            Features to model per modality: a boolean var column (``"highly_variable"``) or a list of
+            names (default all; features that are zero in every cell are always left out).
 
         The setup goes to ``mdata.uns["_pertcausal_setup"]["CrossModalAE"]``; nothing is written on an error.
         """
@@ -377,6 +404,7 @@ class CrossModalAE:
             batch_key=batch_key,
             categorical_covariate_keys=categorical_covariate_keys,
             labels_key=labels_key,
+            features=features,
         )
         store = dict(mdata.uns.get(SETUP_KEY, {}))
         store["CrossModalAE"] = setup
@@ -397,6 +425,8 @@ class CrossModalAE:
         cross_weight: float = 1.0,
         dist_weight: float | None = None,
         label_weight: float = 1.0,
+        early_stopping: bool = False,
+        early_stopping_patience: int = 45,
         accelerator: str = "auto",
         devices: int | str | Sequence[int] = "auto",
         strategy: str | Any = "auto",
@@ -425,6 +455,9 @@ class CrossModalAE:
             ``labels_key`` the MMD is class-conditional: each label's cells are aligned across modalities.
         label_weight
             Weight of the label classifier on the latent (with ``labels_key``).
+        early_stopping, early_stopping_patience
+            Stop when the validation reconstruction (own plus cross-modal) has not improved for this many
+            epochs, and keep the weights of the best epoch (needs ``train_size < 1``).
         accelerator, devices, strategy
             Passed to :class:`lightning.pytorch.Trainer` (e.g. ``accelerator="gpu", devices=2,
             strategy="ddp"`` for several GPUs).
@@ -462,7 +495,10 @@ class CrossModalAE:
             lr=lr,
             weight_decay=weight_decay,
             kl_warmup_epochs=max(1, max_epochs // 3) if kl_warmup_epochs is None else kl_warmup_epochs,
+            early_stopping_patience=early_stopping_patience if early_stopping else None,
         )
+        if early_stopping and train_size >= 1:
+            raise ValueError("early_stopping needs validation cells: use train_size < 1")
         train_loader = self.cells.loader(self.train_indices, batch_size=batch_size, shuffle=True, seed=random_state)
         val_loader = (
             self.cells.loader(self.validation_indices, batch_size=batch_size, shuffle=False)
@@ -492,10 +528,19 @@ class CrossModalAE:
                 trainer.fit(plan, train_dataloaders=train_loader, val_dataloaders=val_loader)
         finally:
             rank_zero.setLevel(level)
+        if plan.best_state is not None:  # early stopping: the weights of the best validation epoch
+            plan.module.load_state_dict(plan.best_state)
         self.module = plan.module.to(torch.device("cpu"))
         self.module.eval()
         self.history = pd.DataFrame(plan.history)
-        self.train_params = {"max_epochs": int(max_epochs), "batch_size": int(batch_size), "lr": float(lr), **weights}
+        self.train_params = {
+            "max_epochs": int(max_epochs),
+            "epochs_run": len(plan.history),
+            "best_epoch": int(plan.best_epoch),
+            "batch_size": int(batch_size),
+            "lr": float(lr),
+            **weights,
+        }
         self.is_trained = True
 
     # -- inference ------------------------------------------------------------------------------
