@@ -113,7 +113,9 @@ def scan(args: argparse.Namespace) -> None:
     seconds = time.perf_counter() - t0
     store = adata.uns["gwas"]
     joint = store["joint"]
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # GB (ru_maxrss is in kB)
+    # VmHWM: this process's own peak (ru_maxrss would also carry the parent's peak across fork and exec)
+    hwm = [line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM:")]
+    peak = (int(hwm[0].split()[1]) if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024**2  # GB
     print(
         json.dumps(
             {

@@ -2,8 +2,9 @@
 
 The data (``pc.data.simulate_multimodal``: 2,000 genes and 100 protein tags of negative binomial counts,
 stored sparse) is written once to an ``.h5mu``; each method then trains in its own child process (so the
-peak memory measured is its own) for ``--epochs`` epochs with 99.9% of the cells in training (the rest validate), minibatches of 256,
-and the seconds per epoch are taken from the epochs after the first (which pays for start-up).
+peak memory measured is its own) for ``--epochs`` epochs with 99.9% of the cells in training (the rest
+validate), minibatches of 256, and the seconds per epoch are taken from the epochs after the first (which
+pays for start-up).
 
 Run: ``python benchmarks/integrate_speed.py`` (about 15 min on 2 CPU cores);
 ``--cells 10000`` for a quick check; ``--device cuda`` on a GPU machine.
@@ -20,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, machine_info, machine_markdown, markdown_table  # noqa: E402
+from _common import ROOT, machine_info, machine_markdown, markdown_table
 
 
 class _EpochTimer:
@@ -34,10 +35,10 @@ class _EpochTimer:
                 self.times: list[float] = []
                 self._t = 0.0
 
-            def on_train_epoch_start(self, trainer, module):  # noqa: ANN001
+            def on_train_epoch_start(self, trainer, module):
                 self._t = time.perf_counter()
 
-            def on_train_epoch_end(self, trainer, module):  # noqa: ANN001
+            def on_train_epoch_end(self, trainer, module):
                 self.times.append(time.perf_counter() - self._t)
 
         self.callback = Cb()
@@ -87,7 +88,10 @@ def run_method(args: argparse.Namespace) -> None:
             callbacks=[timer.callback],
         )
     total = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    # VmHWM is this process's own peak (ru_maxrss would carry the parent's peak across fork and exec)
+    status = Path("/proc/self/status").read_text().splitlines()
+    hwm = [line for line in status if line.startswith("VmHWM:")]
+    peak = int(hwm[0].split()[1]) / 1024**2 if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     print(json.dumps({"epoch_seconds": timer.callback.times, "total_seconds": total, "peak_rss_gb": peak}))
 
 

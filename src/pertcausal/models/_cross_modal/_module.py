@@ -136,11 +136,27 @@ class CrossModalModule(nn.Module):
         h = self.decoders[mod](z if c is None else torch.cat([z, c], dim=1))
         return F.log_softmax(h, dim=-1) if self.likelihoods[mod] == "nb" else h
 
-    def log_likelihood(self, mod: str, out: torch.Tensor, x: torch.Tensor, library: torch.Tensor) -> torch.Tensor:
-        """Per-cell log-likelihood of ``x`` under the decoder output ``out``."""
+    def log_likelihood(
+        self, mod: str, out: torch.Tensor, x: torch.Tensor, library: torch.Tensor, x_term: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Per-cell log-likelihood of ``x`` under the decoder output ``out``.
+
+        ``x_term`` is ``lgamma(x + 1).sum(-1)`` when already computed (it does not depend on the parameters).
+        """
         if self.likelihoods[mod] == "nb":
-            mu = out.exp() * library[:, None]
-            return nb_log_likelihood(x, mu, self.log_theta[mod].exp()).sum(-1)
+            # nb_log_likelihood(x, exp(out) * library, theta).sum(-1), rearranged: log mu = out + log library,
+            # and the terms in theta alone are summed once over features instead of per cell
+            log_theta = self.log_theta[mod]
+            theta = log_theta.exp()
+            log_lib = torch.log(library.clamp(min=1.0))[:, None]
+            log_theta_mu = torch.logaddexp(log_theta, out + log_lib)
+            per_cell = (
+                (x * (out + log_lib)).sum(-1)
+                - ((theta + x) * log_theta_mu).sum(-1)
+                + torch.lgamma(x + theta).sum(-1)
+                - (torch.lgamma(x + 1).sum(-1) if x_term is None else x_term)
+            )
+            return per_cell + (theta * log_theta - torch.lgamma(theta)).sum()
         xs = (x - getattr(self, f"mean_{mod}")) / getattr(self, f"sd_{mod}")
         logvar = self.log_theta[mod]
         return (-0.5 * ((xs - out) ** 2 / logvar.exp() + logvar + math.log(2 * math.pi))).sum(-1)
@@ -168,6 +184,7 @@ class CrossModalModule(nn.Module):
         n_cells = batch["n_cells"]
         mus: dict[str, torch.Tensor] = {}
         zs: dict[str, torch.Tensor] = {}
+        x_terms: dict[str, torch.Tensor] = {}
         recon = kl = cross = align = dist = label = adversary = torch.zeros((), device=self._device())
         for m in self.mods:
             present = batch[m]["present"]
@@ -178,7 +195,9 @@ class CrossModalModule(nn.Module):
             z = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if self.training else mu
             mus[m], zs[m] = mu, z
             c = cov[present] if cov is not None else None
-            recon = recon - self.log_likelihood(m, self.decode(m, z, c), x, lib).sum()
+            if self.likelihoods[m] == "nb":
+                x_terms[m] = torch.lgamma(x + 1).sum(-1)
+            recon = recon - self.log_likelihood(m, self.decode(m, z, c), x, lib, x_terms.get(m)).sum()
             kl = kl + (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp())).sum()
         # paired cells: cross-reconstruction and latent alignment
         for i, a in enumerate(self.mods):
@@ -194,8 +213,11 @@ class CrossModalModule(nn.Module):
                 if cross_weight:
                     out_b = self.decode(b, zs[a][ia], c)
                     out_a = self.decode(a, zs[b][ib], c)
-                    cross = cross - self.log_likelihood(b, out_b, batch[b]["x"][ib], batch[b]["library"][ib]).sum()
-                    cross = cross - self.log_likelihood(a, out_a, batch[a]["x"][ia], batch[a]["library"][ia]).sum()
+                    xb, xa = batch[b]["x"][ib], batch[a]["x"][ia]
+                    tb = x_terms[b][ib] if b in x_terms else None
+                    ta = x_terms[a][ia] if a in x_terms else None
+                    cross = cross - self.log_likelihood(b, out_b, xb, batch[b]["library"][ib], tb).sum()
+                    cross = cross - self.log_likelihood(a, out_a, xa, batch[a]["library"][ia], ta).sum()
                 align = align + (mus[a][ia] - mus[b][ib]).pow(2).sum()
         # distribution alignment of the modalities' embeddings (what aligns unpaired cells)
         if dist_weight and len(mus) > 1:
