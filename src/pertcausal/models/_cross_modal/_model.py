@@ -265,7 +265,7 @@ class CrossModalAE:
     mdata
         A MuData registered with :meth:`setup_mudata`.
     n_latent, n_hidden, n_layers, dropout
-        Latent dimensions and the size of the encoder/decoder MLPs.
+        Latent dimensions and the size of the encoder/decoder MLPs; dropout applies to the encoders only.
     alignment
         ``"mmd"`` or ``"adversarial"`` distribution alignment.
     paired

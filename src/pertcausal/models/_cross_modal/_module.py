@@ -65,7 +65,7 @@ class CrossModalModule(nn.Module):
     likelihoods
         ``"nb"`` (counts, with the observed library size) or ``"gaussian"`` per modality.
     n_latent, n_hidden, n_layers, dropout
-        Sizes of the latent space and of the encoder/decoder MLPs.
+        Sizes of the latent space and of the encoder/decoder MLPs; ``dropout`` applies to the encoders.
     n_covariate_categories
         Categories of each categorical covariate, fed one-hot to every decoder (as scvi-tools does).
     n_labels
@@ -100,7 +100,8 @@ class CrossModalModule(nn.Module):
             {m: _mlp(n, 2 * n_latent, n_hidden, n_layers, dropout) for m, n in n_features.items()}
         )
         self.decoders = nn.ModuleDict(
-            {m: _mlp(n_latent + self.n_cov, n, n_hidden, n_layers, dropout) for m, n in n_features.items()}
+            # no dropout in the decoders, as in scvi-tools' decoders: dropout regularises the encoders
+            {m: _mlp(n_latent + self.n_cov, n, n_hidden, n_layers, 0.0) for m, n in n_features.items()}
         )
         # NB: inverse dispersion per feature; Gaussian: log variance per feature
         self.log_theta = nn.ParameterDict({m: nn.Parameter(torch.zeros(n)) for m, n in n_features.items()})
