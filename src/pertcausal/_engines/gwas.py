@@ -171,6 +171,15 @@ def _joint(r2: np.ndarray, P: int, df: np.ndarray) -> dict[str, np.ndarray]:
     return {"statistic": F, "df1": np.full_like(F, P), "df2": df2.astype(np.float64), "p": p, "mlog10p": mlog10p}
 
 
+def call_summary(G: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Missing-call mask, number of missing calls and ``a1`` frequency of each variant (column of ``G``)."""
+    miss = np.isnan(G)
+    n_missing = miss.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        freq = np.where(miss, 0, G).sum(axis=0, dtype=np.float64) / (2.0 * (G.shape[0] - n_missing))
+    return miss, n_missing, freq
+
+
 def associate_block(
     G: np.ndarray,
     design: Design,
@@ -178,6 +187,7 @@ def associate_block(
     *,
     missing: str = "mean",
     joint: bool = True,
+    miss: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Linear association of each variant (column of ``G``) with every phenotype of ``design``.
 
@@ -185,15 +195,17 @@ def associate_block(
     mean (``missing="mean"``) or the variant's missing samples are left out of its regression
     (``missing="drop"``, PLINK 2's behaviour). Returns per-variant ``n``, ``n_missing``, ``a1_freq``, and
     P-column arrays ``beta``, ``se``, ``t``, ``p``; with ``joint``, ``joint_statistic``, ``joint_df1``,
-    ``joint_df2``, ``joint_p``.
+    ``joint_df2``, ``joint_p``. ``miss`` is ``G``'s missing-call mask when the caller already has it.
     """
     n, m = G.shape
     P, k = design.n_phenotypes, design.k
-    miss = np.isnan(G)
+    if miss is None:
+        miss = np.isnan(G)
     n_missing = miss.sum(axis=0)
     n_obs = n - n_missing
+    G[miss] = 0.0
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.nansum(G, axis=0) / n_obs
+        mean = G.sum(axis=0) / n_obs
     G -= mean
     G[miss] = 0.0
     A, gg_raw = backend.products(G)

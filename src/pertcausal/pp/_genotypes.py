@@ -138,8 +138,14 @@ class Genotypes:
         dtype: str | np.dtype = "float32",
         num_threads: int | None = None,
     ) -> np.ndarray:
-        """Counts of ``a1`` for the given variant positions (and sample positions): samples x variants."""
+        """Counts of ``a1`` for the given variant positions (and sample positions): samples x variants.
+
+        Consecutive positions are read as one slice (a contiguous read of the ``.bed``)."""
         vidx = slice(None) if variants is None else variants
+        if isinstance(vidx, np.ndarray | list | tuple):
+            pos = np.asarray(vidx, dtype=np.intp)
+            if len(pos) and pos[-1] - pos[0] == len(pos) - 1 and (np.diff(pos) == 1).all():
+                vidx = slice(int(pos[0]), int(pos[-1]) + 1)
         sidx = slice(None) if samples is None else np.asarray(samples, dtype=np.intp)
         if self._array is not None:
             block = self._array[:, vidx]
@@ -161,9 +167,7 @@ class Genotypes:
         positions = np.arange(self.n_variants) if variants is None else np.asarray(variants, dtype=np.intp)
         for start in range(0, len(positions), chunk_size):
             pos = positions[start : start + chunk_size]
-            contiguous = len(pos) > 0 and pos[-1] - pos[0] == len(pos) - 1
-            index = slice(int(pos[0]), int(pos[-1]) + 1) if contiguous else pos
-            yield pos, self.read(index, samples=samples, dtype=dtype)
+            yield pos, self.read(pos, samples=samples, dtype=dtype)
 
 
 def _read_table(path: Path, names: list[str], *, what: str) -> pd.DataFrame:

@@ -14,6 +14,7 @@ import pandas as pd
 
 from .._utils._progress import track
 from .._utils._validate import _list, check_choice, is_mudata
+from ._impute import _h5_safe
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -24,38 +25,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger("pertcausal")
 
 TRANSFORMS = ("inverse_normal", "pca")
-RESULT_COLUMNS = [
-    "variant",
-    "chrom",
-    "pos",
-    "a1",
-    "a2",
-    "a1_freq",
-    "n",
-    "n_missing",
-    "phenotype",
-    "beta",
-    "se",
-    "t",
-    "p",
-    "mlog10p",
-]
-JOINT_COLUMNS = [
-    "variant",
-    "chrom",
-    "pos",
-    "a1",
-    "a2",
-    "a1_freq",
-    "n",
-    "n_missing",
-    "statistic",
-    "df1",
-    "df2",
-    "p",
-    "mlog10p",
-]
-DIRECTION_COLUMNS = ["variant", "chrom", "pos", "a1", "a2", "a1_freq", "n", "beta", "se", "t", "p", "mlog10p"]
+VARIANT_COLUMNS = ["variant", "chrom", "pos", "a1", "a2", "a1_freq"]
+RESULT_COLUMNS = [*VARIANT_COLUMNS, "n", "n_missing", "phenotype", "beta", "se", "t", "p", "mlog10p"]
+JOINT_COLUMNS = [*VARIANT_COLUMNS, "n", "n_missing", "statistic", "df1", "df2", "p", "mlog10p"]
+DIRECTION_COLUMNS = [*VARIANT_COLUMNS, "n", "beta", "se", "t", "p", "mlog10p"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,14 +192,12 @@ def _compute_genetic_pcs(
     chunk_size: int,
     seed: int,
 ) -> tuple[np.ndarray, np.ndarray, int]:
-    from .._engines.gwas import genetic_pcs
+    from .._engines.gwas import call_summary, genetic_pcs
 
     chosen = _pca_variants(genotypes, variants, len(sample_rows), max_variants)
     blocks = []
     for _, G in genotypes.iter_blocks(chunk_size, variants=chosen, samples=sample_rows, dtype="float32"):
-        n_miss = np.isnan(G).sum(axis=0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            freq = np.where(np.isnan(G), 0, G).sum(axis=0, dtype=np.float64) / (2.0 * (G.shape[0] - n_miss))
+        _, n_miss, freq = call_summary(G)
         keep = (n_miss / G.shape[0] <= max_missing) & (np.minimum(freq, 1 - freq) >= max(maf, 0.01))
         blocks.append(G[:, keep])
     G = np.concatenate(blocks, axis=1) if blocks else np.zeros((len(sample_rows), 0), np.float32)
@@ -247,27 +218,20 @@ def _scan_block(
     sample_rows: np.ndarray,
     design: Any,
     opts: dict[str, Any],
-    backend: Any = None,
+    backend: Any,
 ) -> dict[str, Any]:
-    from .._engines.gwas import Backend, associate_block, direction_block
+    from .._engines.gwas import associate_block, call_summary, direction_block
 
-    contiguous = len(positions) > 0 and positions[-1] - positions[0] == len(positions) - 1
-    index = slice(int(positions[0]), int(positions[-1]) + 1) if contiguous else positions
-    G = genotypes.read(index, samples=sample_rows, dtype="float64" if opts["dtype"] == "float64" else "float32")
-    n = G.shape[0]
-    miss_frac = np.isnan(G).sum(axis=0) / n
-    with np.errstate(invalid="ignore", divide="ignore"):
-        freq = np.nansum(G, axis=0) / (2.0 * (n - np.isnan(G).sum(axis=0)))
-    keep = (miss_frac <= opts["max_missing"]) & (np.minimum(freq, 1 - freq) >= opts["maf"]) & np.isfinite(freq)
-    keep &= np.minimum(freq, 1 - freq) > 0
-    # monomorphic variants (and those without calls) count as failing the MAF filter, whatever ``maf`` is
+    G = genotypes.read(positions, samples=sample_rows, dtype=opts["dtype"])
+    miss, n_missing, freq = call_summary(G)
     minor = np.minimum(freq, 1 - freq)
-    n_filtered = {"maf": int(((minor < opts["maf"]) | ~(minor > 0)).sum())}
-    n_filtered["missing"] = int((miss_frac > opts["max_missing"]).sum())
+    # monomorphic variants (and those without calls, minor = NaN) fail the MAF filter, whatever ``maf`` is
+    low_maf = (minor < opts["maf"]) | ~(minor > 0)
+    too_missing = n_missing / G.shape[0] > opts["max_missing"]
+    keep = ~low_maf & ~too_missing
+    n_filtered = {"maf": int(low_maf.sum()), "missing": int(too_missing.sum())}
     G = G[:, keep]
-    if backend is None:
-        backend = Backend(design.right(), device=None, dtype=opts["dtype"])
-    res = associate_block(G, design, backend, missing=opts["missing"], joint=opts["joint"])
+    res = associate_block(G, design, backend, missing=opts["missing"], joint=opts["joint"], miss=miss[:, keep])
     if opts["direction"] and G.shape[1]:
         res["direction"] = direction_block(G.astype(np.float64, copy=False), design, opts["direction_rows"])
     res["positions"] = positions[keep]
@@ -298,7 +262,7 @@ def _block_tables(res: dict[str, Any], genotypes: Genotypes, phenotypes: list[st
         joint.update({k: res[f"joint_{k}"] for k in ("statistic", "df1", "df2", "p", "mlog10p")})
         out["joint"] = pd.DataFrame(joint, columns=JOINT_COLUMNS)
     if "direction" in res:
-        d = {k: meta[k] for k in ("variant", "chrom", "pos", "a1", "a2", "a1_freq")}
+        d = {k: meta[k] for k in VARIANT_COLUMNS}
         d.update(res["direction"])
         out["direction"] = pd.DataFrame(d, columns=DIRECTION_COLUMNS)
     return out
@@ -608,11 +572,15 @@ def gwas(
             return
         from distributed import wait
 
-        remote = client.scatter([genotypes, *designs], broadcast=True)
+        # the workers compute on their CPUs with numpy, whatever ``device`` is here
+        cpu = [Backend(d.right(), device=None, dtype=dtype) for d in designs]
+        remote = client.scatter([genotypes, *designs, *cpu], broadcast=True)
+        remote_designs, remote_backends = remote[1 : 1 + len(designs)], remote[1 + len(designs) :]
         window = max(2, 2 * len(client.scheduler_info().get("workers", {})))
         futures: list[Any] = []
         for i, (pos, which) in enumerate(blocks):
-            futures.append(client.submit(_scan_block, remote[0], pos, sample_rows, remote[1 + which], opts, pure=False))
+            args = (remote[0], pos, sample_rows, remote_designs[which], opts, remote_backends[which])
+            futures.append(client.submit(_scan_block, *args, pure=False))
             if i >= window - 1:
                 wait(futures[0])
                 yield futures.pop(0).result()
@@ -673,7 +641,7 @@ def gwas(
         store["lambda_gc"]["direction"] = genomic_inflation(store["direction"]["p"].to_numpy())
     store["params"] = {
         "use_rep": use_rep,
-        "sample_key": "None" if sample_key is None else sample_key,
+        "sample_key": sample_key,
         "covariates": [str(c) for c in covariates],
         "n_genetic_pcs": int(n_genetic_pcs),
         "genetic_pcs_variance_ratio": [float(v) for v in pcs_ratio],
@@ -693,12 +661,13 @@ def gwas(
         "n_filtered_missing": n_filtered["missing"],
         "effect_allele": "a1 (PLINK A1, .bim column 5)",
         "genotypes": genotypes.path or "in memory",
-        "out": "None" if out is None else str(out),
+        "out": None if out is None else str(out),
         "device": "cpu" if dev is None else str(dev),
         "dtype": dtype,
     }
     if n_genetic_pcs:
         store["params"]["n_pca_variants"] = int(n_pca_var)
+    store["params"] = _h5_safe(store["params"])
     data.uns[key_added] = store
     logger.info("tl.gwas: %d variants x %d phenotypes tested on %d samples", n_tested, len(ph_names), len(Y))
     return results
