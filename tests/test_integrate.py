@@ -105,6 +105,26 @@ def test_save_load_and_h5mu_round_trip(paired, tmp_path):
     assert len(back.uns["X_pertcausal"]["history"]) == 25
 
 
+def test_nb_log_likelihood_matches_scipy():
+    import torch
+    from scipy import stats
+
+    from pertcausal.models._cross_modal._module import CrossModalModule
+
+    torch.manual_seed(0)
+    module = CrossModalModule({"a": 40, "b": 3}, {"a": "nb", "b": "gaussian"}, n_latent=2)
+    with torch.no_grad():
+        module.log_theta["a"].normal_()
+    x = torch.poisson(torch.rand(6, 40) * 5)
+    library = x.sum(1).clamp(min=1.0)
+    out = torch.log_softmax(torch.randn(6, 40), -1)
+    got = module.log_likelihood("a", out, x, library).detach().numpy()
+    theta = module.log_theta["a"].exp().detach().numpy().astype(np.float64)
+    mu = (out.exp() * library[:, None]).detach().numpy().astype(np.float64)
+    expected = stats.nbinom.logpmf(x.numpy(), theta, theta / (theta + mu)).sum(1)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
 def test_same_seed_same_model():
     mdata = pc.data.simulate_multimodal(n_cells=120, n_genes=40, n_proteins=6, random_state=6)
     runs = [pc.tl.integrate(mdata, n_latent=3, **{**FAST, "max_epochs": 2}) for _ in range(2)]

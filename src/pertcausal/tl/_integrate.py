@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from .._utils._validate import _list, is_mudata
+from ._impute import _h5_safe
 
 if TYPE_CHECKING:
     from mudata import MuData
@@ -29,16 +30,6 @@ def _accelerator(device: str) -> tuple[str, Any]:
     if dev.type == "cuda":
         return "gpu", [dev.index or 0]
     return "cpu", 1
-
-
-def _h5(value: Any) -> Any:
-    if value is None:
-        return "None"
-    if isinstance(value, dict):
-        return {str(k): _h5(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_h5(v) for v in value]
-    return value
 
 
 def integrate(
@@ -165,7 +156,7 @@ def integrate(
     for m, emb in per_mod.items():
         mdata.mod[m].obsm[key_added] = emb
     mdata.uns[key_added] = {
-        "params": _h5(
+        "params": _h5_safe(
             {
                 "modalities": setup["modalities"],
                 "likelihoods": setup["likelihoods"],
@@ -227,11 +218,6 @@ def translate(
 
     if cells not in ("all", "unmeasured"):
         raise ValueError(f"cells must be 'all' or 'unmeasured', got {cells!r}")
-    for name, what in ((source, "source"), (target, "target")):
-        if name not in model.setup["modalities"]:
-            raise KeyError(
-                f"{what} {name!r} is not a modality of the model; modalities are: {_list(model.setup['modalities'])}"
-            )
     if source not in mdata.mod:
         raise KeyError(f"source {source!r} is not a modality of the MuData; modalities are: {_list(mdata.mod)}")
     key = key_added or f"{target}_from_{source}"

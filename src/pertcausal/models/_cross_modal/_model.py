@@ -164,7 +164,7 @@ def setup_mudata(
 class _Cells:
     """The MuData's cells as index-addressable minibatches: each modality gathered only for its own cells."""
 
-    def __init__(self, mdata: MuData, setup: dict[str, Any], *, paired: bool = True) -> None:
+    def __init__(self, mdata: MuData, setup: dict[str, Any]) -> None:
         self.mods = setup["modalities"]
         self.n = mdata.n_obs
         self.obs_names = mdata.obs_names.copy()
@@ -192,11 +192,6 @@ class _Cells:
             # the library is over the model's features, so extra features in new data change nothing
             self.library[m] = np.asarray(self.X[m].sum(axis=1)).ravel().astype(np.float32)
             self.rows[m] = np.asarray(mdata.obsmap[m]).ravel().astype(np.int64) - 1
-        if not paired:  # each cell keeps only its first modality: no pairs are used
-            seen = np.zeros(self.n, dtype=bool)
-            for m in self.mods:
-                self.rows[m] = np.where(seen, -1, self.rows[m])
-                seen |= self.rows[m] >= 0
         self.cov = np.zeros((self.n, len(setup["covariates"])), dtype=np.int64)
         for j, (k, cats) in enumerate(setup["covariates"].items()):
             col = pd.Categorical(pd.Series(_union_column(mdata, k, "covariate key")).astype(str), categories=cats)
@@ -207,6 +202,13 @@ class _Cells:
         if setup.get("labels_key", "None") != "None":
             col = pd.Series(_union_column(mdata, setup["labels_key"], "labels_key"))
             self.labels = pd.Categorical(col.where(col.notna(), None).astype(object), categories=setup["labels"]).codes
+
+    def unpair(self) -> None:
+        """Keep each cell with its first modality only, so that no pairs are used."""
+        seen = np.zeros(self.n, dtype=bool)
+        for m in self.mods:
+            self.rows[m] = np.where(seen, -1, self.rows[m])
+            seen |= self.rows[m] >= 0
 
     def n_paired(self) -> int:
         present = np.stack([self.rows[m] >= 0 for m in self.mods])
@@ -315,7 +317,9 @@ class CrossModalAE:
                 "paired=True but no cell is measured in two modalities (obs_names shared between modalities); "
                 "use paired=False for unpaired integration"
             )
-        self.cells = cells if self.paired else _Cells(mdata, self.setup, paired=False)
+        if not self.paired:
+            cells.unpair()
+        self.cells = cells
         means, sds = {}, {}
         for m in self.setup["modalities"]:
             X = self.cells.X[m]
@@ -552,7 +556,7 @@ class CrossModalAE:
                 f"the MuData has none of the model's modalities ({_list(self.setup['modalities'])}); "
                 f"it has {_list(mdata.mod)}"
             )
-        return _Cells(mdata, self.setup, paired=True)
+        return _Cells(mdata, self.setup)
 
     def _encode_all(self, cells: _Cells, batch_size: int) -> dict[str, np.ndarray]:
         """Latent means of every modality for its own cells (rows in the modality's order)."""

@@ -20,18 +20,6 @@ def _mlp(n_in: int, n_out: int, n_hidden: int, n_layers: int, dropout: float) ->
     return nn.Sequential(*layers)
 
 
-def nb_log_likelihood(x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Negative binomial log-likelihood (mean ``mu``, inverse dispersion ``theta``), elementwise."""
-    log_theta_mu = torch.log(theta + mu + eps)
-    return (
-        theta * (torch.log(theta + eps) - log_theta_mu)
-        + x * (torch.log(mu + eps) - log_theta_mu)
-        + torch.lgamma(x + theta)
-        - torch.lgamma(theta)
-        - torch.lgamma(x + 1)
-    )
-
-
 def mmd(a: torch.Tensor, b: torch.Tensor, scales: tuple[float, ...] = (0.1, 1.0, 10.0)) -> torch.Tensor:
     """Maximum mean discrepancy between two samples with a sum of Gaussian kernels (biased estimate)."""
     if a.shape[0] < 2 or b.shape[0] < 2:
@@ -145,8 +133,8 @@ class CrossModalModule(nn.Module):
         ``x_term`` is ``lgamma(x + 1).sum(-1)`` when already computed (it does not depend on the parameters).
         """
         if self.likelihoods[mod] == "nb":
-            # nb_log_likelihood(x, exp(out) * library, theta).sum(-1), rearranged: log mu = out + log library,
-            # and the terms in theta alone are summed once over features instead of per cell
+            # the negative binomial log-pmf with mean mu = exp(out) x library, summed over features, with
+            # log mu = out + log library and the terms in theta alone summed once instead of per cell
             log_theta = self.log_theta[mod]
             theta = log_theta.exp()
             log_lib = torch.log(library.clamp(min=1.0))[:, None]
