@@ -58,6 +58,23 @@ def git_revision() -> str:
         return "unknown"
 
 
+def peak_memory_gb() -> float:
+    """This process's own peak resident memory in GB: ``VmHWM`` from ``/proc/self/status`` on Linux.
+
+    ``ru_maxrss`` is the fallback elsewhere; on Linux it would also carry the parent's peak across fork and
+    exec, which matters for benchmarks that measure a child process.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024**2
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
 def machine_info(packages: Iterable[str] = ("pertcausal", "numpy", "torch")) -> dict[str, str]:
     """Where and with what a benchmark ran: CPU, cores, GPU, Python, package versions, date."""
     info = {

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, machine_info, machine_markdown, markdown_table
+from _common import ROOT, machine_info, machine_markdown, markdown_table, peak_memory_gb
 
 POOL = 2000  # simulated variants repeated, shifted, over the file
 PLANTED = (123_457, 456_790, 789_001, 3, 999_998)  # variant positions with effects (modulo the size)
@@ -113,9 +112,7 @@ def scan(args: argparse.Namespace) -> None:
     seconds = time.perf_counter() - t0
     store = adata.uns["gwas"]
     joint = store["joint"]
-    # VmHWM: this process's own peak (ru_maxrss would also carry the parent's peak across fork and exec)
-    hwm = [line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM:")]
-    peak = (int(hwm[0].split()[1]) if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024**2  # GB
+    peak = peak_memory_gb()
     print(
         json.dumps(
             {

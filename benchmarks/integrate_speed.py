@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, machine_info, machine_markdown, markdown_table
+from _common import ROOT, machine_info, machine_markdown, markdown_table, peak_memory_gb
 
 
 class _EpochTimer:
@@ -88,10 +87,7 @@ def run_method(args: argparse.Namespace) -> None:
             callbacks=[timer.callback],
         )
     total = time.perf_counter() - t0
-    # VmHWM is this process's own peak (ru_maxrss would carry the parent's peak across fork and exec)
-    status = Path("/proc/self/status").read_text().splitlines()
-    hwm = [line for line in status if line.startswith("VmHWM:")]
-    peak = int(hwm[0].split()[1]) / 1024**2 if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    peak = peak_memory_gb()
     print(json.dumps({"epoch_seconds": timer.callback.times, "total_seconds": total, "peak_rss_gb": peak}))
 
 
