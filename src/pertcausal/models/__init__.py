@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["CrossModalAE"]
+__all__ = ["CrossModalAE", "SparseShiftVAE"]
 
 
 def __getattr__(name: str) -> Any:
@@ -13,4 +13,8 @@ def __getattr__(name: str) -> Any:
         from ._cross_modal import CrossModalAE
 
         return CrossModalAE
+    if name == "SparseShiftVAE":
+        from ._sparse_shift import SparseShiftVAE
+
+        return SparseShiftVAE
     raise AttributeError(f"module 'pertcausal.models' has no attribute {name!r}")

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from ..._utils._lightning import quiet_lightning
 from ..._utils._validate import _list
 
 if TYPE_CHECKING:
@@ -509,10 +510,7 @@ class CrossModalAE:
             if len(self.validation_indices)
             else None
         )
-        rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-        level = rank_zero.level
-        rank_zero.setLevel(logging.WARNING)  # no "GPU available" / tips chatter on every fit
-        try:
+        with quiet_lightning():
             trainer = lpl.Trainer(
                 max_epochs=max_epochs,
                 accelerator=accelerator,
@@ -525,13 +523,7 @@ class CrossModalAE:
                 num_sanity_val_steps=0,
                 **trainer_kwargs,
             )
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-                warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
-                warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")
-                trainer.fit(plan, train_dataloaders=train_loader, val_dataloaders=val_loader)
-        finally:
-            rank_zero.setLevel(level)
+            trainer.fit(plan, train_dataloaders=train_loader, val_dataloaders=val_loader)
         if plan.best_state is not None:  # early stopping: the weights of the best validation epoch
             plan.module.load_state_dict(plan.best_state)
         self.module = plan.module.to(torch.device("cpu"))

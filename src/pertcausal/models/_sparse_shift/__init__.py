@@ -1,0 +1,3 @@
+from ._model import SparseShiftVAE
+
+__all__ = ["SparseShiftVAE"]
