@@ -75,7 +75,7 @@ def _collection(ax: Axes, gid: str):
 # pl.imputation
 # --------------------------------------------------------------------------------------------
 def test_exports():
-    expected = {"imputation", "latent", "manhattan", "prediction_scatter", "qq", "reliability", "translation"}
+    expected = {"imputation", "latent", "manhattan", "prediction_scatter", "qq", "reliability", "targets", "translation"}
     assert set(pc.pl.__all__) == expected
     assert callable(pc.pl.imputation) and callable(pc.pl.prediction_scatter)
 

@@ -238,7 +238,7 @@ def evaluate_sparse_shift(
       Hungarian matching of the latents);
     - ``precision``, ``recall``, ``f1``: target identification after that matching. sVAE+ and sVAE give
       their thresholded mask; the iVAE and the VAE have none, so their targets are, for each
-      perturbation, the latents of largest |shift| (the iVAE's learned prior mean; for the VAE the mean
+      perturbation, the latents of largest absolute shift (the iVAE's learned prior mean; for the VAE the mean
       latent of the perturbation's cells minus that of the controls), as many as it truly has (an oracle
       count that favours these baselines);
     - ``elbo``, ``iwelbo``: mean per-cell ELBO and importance-weighted ELBO of the perturbations trained on,
