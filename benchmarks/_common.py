@@ -9,7 +9,7 @@ import subprocess
 from collections.abc import Iterable, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -155,3 +155,23 @@ def imputation_summary(res: pd.DataFrame, *, top_k: int, pooled: bool = True) ->
     }
     rows = [[m, *(float(s.loc[m, c]) for c in columns), int(s.loc[m, "n_pairs"])] for m in s.index]
     return s, markdown_table(rows, ["method", *columns.values(), "pairs"])
+
+
+def epoch_timer() -> Any:
+    """A Lightning callback whose ``times`` list gets the wall time of each training epoch."""
+    import time
+
+    import lightning.pytorch as lpl
+
+    class EpochTimer(lpl.Callback):
+        def __init__(self) -> None:
+            self.times: list[float] = []
+            self._t = 0.0
+
+        def on_train_epoch_start(self, trainer: Any, module: Any) -> None:
+            self._t = time.perf_counter()
+
+        def on_train_epoch_end(self, trainer: Any, module: Any) -> None:
+            self.times.append(time.perf_counter() - self._t)
+
+    return EpochTimer()

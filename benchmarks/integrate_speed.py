@@ -20,27 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, machine_info, machine_markdown, markdown_table, peak_memory_gb
-
-
-class _EpochTimer:
-    """Lightning callback recording the wall time of each training epoch."""
-
-    def __init__(self) -> None:
-        import lightning.pytorch as lpl
-
-        class Cb(lpl.Callback):
-            def __init__(self) -> None:
-                self.times: list[float] = []
-                self._t = 0.0
-
-            def on_train_epoch_start(self, trainer, module):
-                self._t = time.perf_counter()
-
-            def on_train_epoch_end(self, trainer, module):
-                self.times.append(time.perf_counter() - self._t)
-
-        self.callback = Cb()
+from _common import ROOT, epoch_timer, machine_info, machine_markdown, markdown_table, peak_memory_gb
 
 
 def run_method(args: argparse.Namespace) -> None:
@@ -50,7 +30,7 @@ def run_method(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     mdata = md.read_h5mu(args.data)
-    timer = _EpochTimer()
+    timer = epoch_timer()
     accelerator = "gpu" if args.device.startswith("cuda") else "cpu"
     t0 = time.perf_counter()
     if args.method == "crossmodal":
@@ -65,7 +45,7 @@ def run_method(args: argparse.Namespace) -> None:
             accelerator=accelerator,
             devices=1,
             progress_bar=False,
-            callbacks=[timer.callback],
+            callbacks=[timer],
         )
     else:
         import scvi
@@ -84,11 +64,11 @@ def run_method(args: argparse.Namespace) -> None:
             devices=1,
             enable_progress_bar=False,
             early_stopping=False,
-            callbacks=[timer.callback],
+            callbacks=[timer],
         )
     total = time.perf_counter() - t0
     peak = peak_memory_gb()
-    print(json.dumps({"epoch_seconds": timer.callback.times, "total_seconds": total, "peak_rss_gb": peak}))
+    print(json.dumps({"epoch_seconds": timer.times, "total_seconds": total, "peak_rss_gb": peak}))
 
 
 def main() -> None:

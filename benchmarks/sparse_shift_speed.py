@@ -20,24 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, machine_info, machine_markdown, markdown_table, peak_memory_gb
-
-
-def _timer():
-    import lightning.pytorch as lpl
-
-    class EpochTimer(lpl.Callback):
-        def __init__(self) -> None:
-            self.times: list[float] = []
-            self._t = 0.0
-
-        def on_train_epoch_start(self, trainer, module):
-            self._t = time.perf_counter()
-
-        def on_train_epoch_end(self, trainer, module):
-            self.times.append(time.perf_counter() - self._t)
-
-    return EpochTimer()
+from _common import ROOT, epoch_timer, machine_info, machine_markdown, markdown_table, peak_memory_gb
 
 
 def run_method(args: argparse.Namespace) -> None:
@@ -49,7 +32,7 @@ def run_method(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     scvi.settings.dl_num_workers = 0
     adata = ad.read_h5ad(args.data)
-    timer = _timer()
+    timer = epoch_timer()
     accelerator = "gpu" if args.device.startswith("cuda") else "cpu"
     t0 = time.perf_counter()
     common = {"max_epochs": args.epochs, "batch_size": 128, "accelerator": accelerator, "devices": 1}

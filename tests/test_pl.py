@@ -51,13 +51,9 @@ def sig(screen):
 
 def _pivot(adata: AnnData, values: np.ndarray) -> np.ndarray:
     """values per row arranged perturbation x context in category order (NaN for absent pairs)."""
-    df = pd.DataFrame(
-        {"p": adata.obs["perturbation"].astype(str), "c": adata.obs["context"].astype(str), "v": values}
-    )
+    df = pd.DataFrame({"p": adata.obs["perturbation"].astype(str), "c": adata.obs["context"].astype(str), "v": values})
     table = df.pivot(index="p", columns="c", values="v")
-    table = table.reindex(
-        index=adata.obs["perturbation"].cat.categories, columns=adata.obs["context"].cat.categories
-    )
+    table = table.reindex(index=adata.obs["perturbation"].cat.categories, columns=adata.obs["context"].cat.categories)
     return table.to_numpy(np.float64)
 
 
@@ -75,7 +71,16 @@ def _collection(ax: Axes, gid: str):
 # pl.imputation
 # --------------------------------------------------------------------------------------------
 def test_exports():
-    expected = {"imputation", "latent", "manhattan", "prediction_scatter", "qq", "reliability", "targets", "translation"}
+    expected = {
+        "imputation",
+        "latent",
+        "manhattan",
+        "prediction_scatter",
+        "qq",
+        "reliability",
+        "targets",
+        "translation",
+    }
     assert set(pc.pl.__all__) == expected
     assert callable(pc.pl.imputation) and callable(pc.pl.prediction_scatter)
 
@@ -214,7 +219,8 @@ def heldout(sig):
     counts_p = sig.obs["perturbation"].value_counts()
     counts_c = sig.obs["context"].value_counts()
     row = next(
-        i for i, (p, c) in enumerate(zip(sig.obs["perturbation"], sig.obs["context"]))
+        i
+        for i, (p, c) in enumerate(zip(sig.obs["perturbation"], sig.obs["context"]))
         if counts_p[p] > 1 and counts_c[c] > 1
     )
     train = sig[np.arange(sig.n_obs) != row].copy()
