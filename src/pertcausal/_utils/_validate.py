@@ -9,6 +9,7 @@ import numpy as np
 import scipy.sparse as sp
 
 if TYPE_CHECKING:
+    import pandas as pd
     from anndata import AnnData
     from mudata import MuData
 
@@ -83,3 +84,13 @@ def check_choice(value: Any, choices: Iterable[Any], *, argname: str) -> None:
     choices = list(choices)
     if value not in choices:
         raise ValueError(f"unknown {argname} {value!r}; expected one of: {_list(choices)}")
+
+
+def obs_column(data: AnnData | MuData, adata: AnnData, key: str, argname: str) -> pd.Series:
+    """``key`` for the cells of ``adata``: from its own obs, else (MuData) from ``data.obs``."""
+    if key in adata.obs.columns:
+        return adata.obs[key]
+    if is_mudata(data) and key in data.obs.columns:
+        return data.obs.loc[adata.obs_names, key]
+    where = "the modality's obs or mdata.obs" if is_mudata(data) else "adata.obs"
+    raise KeyError(f"{argname} {key!r} is not a column of {where}; columns are: {_list(adata.obs.columns)}")

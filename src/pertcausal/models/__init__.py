@@ -5,10 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["CrossModalAE", "SparseShiftVAE"]
+__all__ = ["CausalGraphModel", "CrossModalAE", "SparseShiftVAE"]
 
 
 def __getattr__(name: str) -> Any:
+    if name == "CausalGraphModel":
+        from ._causal_graph import CausalGraphModel
+
+        return CausalGraphModel
     if name == "CrossModalAE":
         from ._cross_modal import CrossModalAE
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from .._utils._validate import _list, get_matrix, get_modality, is_mudata
+from .._utils._validate import _list, get_matrix, get_modality, is_mudata, obs_column
 from ._impute import _h5_safe
 from ._integrate import _accelerator
 
@@ -21,16 +21,6 @@ if TYPE_CHECKING:
     from ..models._sparse_shift import SparseShiftVAE
 
 logger = logging.getLogger("pertcausal")
-
-
-def _obs_column(data: AnnData | MuData, adata: AnnData, key: str, argname: str) -> pd.Series:
-    """``key`` for the cells of ``adata``: from its own obs, else (MuData) from ``data.obs``."""
-    if key in adata.obs.columns:
-        return adata.obs[key]
-    if is_mudata(data) and key in data.obs.columns:
-        return data.obs.loc[adata.obs_names, key]
-    where = "the modality's obs or mdata.obs" if is_mudata(data) else "adata.obs"
-    raise KeyError(f"{argname} {key!r} is not a column of {where}; columns are: {_list(adata.obs.columns)}")
 
 
 def sparse_shift(
@@ -139,10 +129,10 @@ def sparse_shift(
     adata = get_modality(data, mod)
     where = f"mdata.mod[{mod!r}]" if is_mudata(data) else "adata"
     X = get_matrix(adata, layer, where=where)
-    labels = _obs_column(data, adata, perturbation_key, "perturbation_key")
+    labels = obs_column(data, adata, perturbation_key, "perturbation_key")
     obs = pd.DataFrame({"perturbation": labels.to_numpy()}, index=adata.obs_names)
     if batch_key is not None:
-        obs["batch"] = _obs_column(data, adata, batch_key, "batch_key").to_numpy()
+        obs["batch"] = obs_column(data, adata, batch_key, "batch_key").to_numpy()
     accelerator, devices = _accelerator(device)
     # the model registers (and writes scvi-tools' keys into) a private AnnData, never the user's object
     work = AnnData(X=X, obs=obs, var=pd.DataFrame(index=adata.var_names.copy()))

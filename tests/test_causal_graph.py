@@ -1,0 +1,295 @@
+"""tl.causal_graph, tl.predict_intervention, tl.evaluate_causal_graph and the factor-graph engine."""
+
+from __future__ import annotations
+
+import anndata as ad
+import mudata as md
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import pertcausal as pc
+from pertcausal._engines.graph_metrics import is_acyclic
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("lightning")
+
+KEY = {"perturbation_key": "perturbation", "control": "control"}
+FAST = {"progress_bar": False, "device": "cpu"}
+
+
+def _sim(**kw):
+    args = {"n_genes": 20, "n_modules": 4, "n_regimes": 30, "n_cells_per_regime": 150, "intervention": "knockout",
+            "edge_probability": (0.3, 0.2), "random_state": 0}  # fmt: skip
+    return pc.data.simulate_factor_graph(**{**args, **kw})
+
+
+def _held(adata, n=4):
+    return list(adata.uns["factor_graph_truth"]["regimes"][-n:])
+
+
+@pytest.fixture(scope="module")
+def linear():
+    adata = _sim()
+    models = {}
+    for method in ("dcdfg", "notears_lowrank", "gaussian"):
+        models[method] = pc.tl.causal_graph(
+            adata, **KEY, n_modules=4, method=method, heldout=_held(adata), max_epochs=150, key_added=method, **FAST
+        )
+    return adata, models
+
+
+# -- engine ------------------------------------------------------------------------------------------------------
+def test_acyclicity_is_zero_exactly_for_dags():
+    from pertcausal._engines.factor_graph import acyclicity
+
+    U = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])  # gene0 feeds module0, gene1 feeds module1
+    V = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])  # module0 writes gene1, module1 writes gene2
+    assert float(acyclicity(U, V)) == pytest.approx(0.0, abs=1e-7)
+    V_cyc = V.clone()
+    V_cyc[0, 1] = 1.0  # module1 writes gene0, which feeds module0 -> cycle module0 -> module1 -> module0
+    assert float(acyclicity(U, V_cyc)) > 1e-3
+
+
+def test_propagate_matches_fixed_point_of_structural_equations():
+    from pertcausal._engines.factor_graph import FactorGraphNet
+
+    torch.manual_seed(0)
+    net = FactorGraphNet(8, 3, n_hidden=4, n_layers=2)
+    with torch.no_grad():
+        net.edge_logits.normal_(0, 3)
+    net.threshold()
+    net.eval()
+    noise = torch.randn(50, 8)
+    clamp = torch.zeros(50, 8, dtype=torch.bool)
+    clamp[:, 2] = True
+    level = torch.full((8,), -2.0)
+    with torch.no_grad():
+        x = net.propagate(noise, clamp, level)
+        y = torch.where(clamp, level, net.bias + noise * torch.exp(0.5 * net.log_var))
+        for _ in range(8):  # a DAG of 3 modules: the fixed point is reached within a few rounds
+            y = torch.where(clamp, level, net(y) + noise * torch.exp(0.5 * net.log_var))
+    np.testing.assert_allclose(x.numpy(), y.numpy(), atol=1e-5)
+    assert (x[:, 2] == -2.0).all()
+
+
+def test_threshold_gives_an_acyclic_module_graph():
+    from pertcausal._engines.factor_graph import FactorGraphNet
+
+    torch.manual_seed(1)
+    net = FactorGraphNet(30, 6)
+    with torch.no_grad():
+        net.edge_logits.normal_(0, 2)
+    net.threshold()
+    U, V = net.binary_factors()
+    assert is_acyclic((V.T.astype(int) @ U.astype(int)) > 0)
+    assert is_acyclic((U.astype(int) @ V.T.astype(int)) > 0)
+    assert not (U & V).any()  # the three-way choice: a gene never both feeds and is written by one module
+
+
+# -- fitting and outputs -----------------------------------------------------------------------------------------
+def test_graphs_are_acyclic_and_recover_edges(linear):
+    adata, models = linear
+    truth = adata.varp["true_graph"]
+    density = truth.nnz / (adata.n_vars * (adata.n_vars - 1))
+    for method in ("dcdfg", "notears_lowrank"):
+        A = adata.varp[method]
+        assert sp.issparse(A) and A.shape == (20, 20)
+        assert is_acyclic(A)
+        table = pc.tl.evaluate_causal_graph(adata, key=method)
+        assert table.loc[method, "precision"] > 0.4 > 5 * density  # far above a random graph of any size
+        assert table.loc[method, "recall"] > 0.7
+        assert table.loc[method, "n_edges"] == A.nnz
+
+
+def test_held_out_knockouts_beat_baselines(linear):
+    adata, models = linear
+    for method in ("dcdfg", "notears_lowrank"):
+        table = pc.tl.evaluate_causal_graph(adata, key=method)
+        assert list(table.index) == [method, "gaussian_full", "gaussian_diagonal", "average_shift"]
+        # knockouts shift the descendants: a graph predicts them, the diagonal Gaussian (no shift) cannot
+        assert table.loc[method, "shift_mae"] < table.loc["gaussian_diagonal", "shift_mae"]
+        assert table.loc[method, "shift_mae"] < table.loc["average_shift", "shift_mae"]
+        assert table.loc[method, "nll_per_gene"] < table.loc["gaussian_diagonal", "nll_per_gene"]
+        per = pc.tl.evaluate_causal_graph(adata, key=method, per_regime=True)
+        assert set(per["regime"]) == set(_held(adata))
+        assert len(per) == 4 * len(_held(adata))
+
+
+def test_outputs_and_uns_round_trip(linear, tmp_path):
+    adata, models = linear
+    entry = adata.uns["dcdfg"]
+    assert entry["params"]["method"] == "dcdfg"
+    assert list(entry["regimes"].index[entry["regimes"]["heldout"]]) == _held(adata)
+    assert {"phase", "nll_per_gene", "acyclicity", "n_edges"} <= set(entry["history"].columns)
+    inputs, outputs = adata.varm["dcdfg_inputs"], adata.varm["dcdfg_outputs"]
+    assert inputs.shape == outputs.shape == (20, 4)
+    assert not ((inputs != 0) & (outputs != 0)).any()
+    assert "gaussian" not in adata.varp and "gaussian_inputs" not in adata.varm
+    path = tmp_path / "cg.h5ad"
+    adata.write_h5ad(path)
+    back = ad.read_h5ad(path)
+    for key in ("dcdfg", "notears_lowrank", "gaussian"):
+        a = pc.tl.predict_intervention(adata, ["gene3", "gene1+gene7"], key=key, n_samples=200)
+        b = pc.tl.predict_intervention(back, ["gene3", "gene1+gene7"], key=key, n_samples=200)
+        np.testing.assert_allclose(a.X, b.X, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(a.layers["shift"], b.layers["shift"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(back.varp["dcdfg"].toarray(), adata.varp["dcdfg"].toarray())
+
+
+def test_save_load(linear, tmp_path):
+    adata, models = linear
+    for method, model in models.items():
+        model.save(tmp_path / method)
+        with pytest.raises(FileExistsError):
+            model.save(tmp_path / method)
+        back = pc.models.CausalGraphModel.load(tmp_path / method)
+        assert back.genes == model.genes and back.heldout == model.heldout
+        X = adata.X[:100]
+        np.testing.assert_allclose(back.nll_per_cell(X), model.nll_per_cell(X), rtol=1e-6)
+        np.testing.assert_allclose((back.adjacency != model.adjacency).nnz, 0)
+
+
+def test_predict_intervention_against_linear_truth(linear):
+    """In the linear simulation a knockout of g shifts every gene by level * total effect of g."""
+    adata, models = linear
+    truth = adata.uns["factor_graph_truth"]
+    B = truth["weights"]["gene_to_module"] @ truth["weights"]["module_to_gene"]
+    total = np.linalg.inv(np.eye(20) - B)  # x = x B + e  ->  row g: total effect of g on every gene
+    genes = ["gene" + str(g) for g in truth["order"][:5]]  # upstream genes have descendants
+    for model in (models["dcdfg"], models["notears_lowrank"]):
+        pred = pc.tl.predict_intervention(model, genes, level=-3.0, n_samples=2000)
+        for i, g in enumerate(genes):
+            j = int(g[4:])
+            expected = -3.0 * total[j]
+            expected[j] = -3.0  # the target itself (its control mean is 0)
+            got = pred.layers["shift"][i] + 0.0
+            got[j] = pred.X[i, j]
+            assert np.corrcoef(expected, got)[0, 1] > 0.85, (model.method, g)
+    assert pred.obs["targets"].tolist() == genes
+    assert (pred.layers["sd"][:, [int(g[4:]) for g in genes]].diagonal() == 0).all()
+
+
+def test_gaussian_conditions_on_targets():
+    from pertcausal._engines.gaussian_baselines import GaussianBaseline
+    from pertcausal.models._causal_graph import _conditional_gaussian
+
+    cov = np.array([[1.0, 0.6, 0.0], [0.6, 1.0, 0.3], [0.0, 0.3, 1.0]])
+    g = GaussianBaseline(mean=np.zeros(3), variances=np.ones(3), covariance=cov, shrinkage=0.0, n_cells=10)
+    mean, sd = _conditional_gaussian(g, np.array([0]), np.array([2.0]))
+    np.testing.assert_allclose(mean, [2.0, 1.2, 0.0])
+    np.testing.assert_allclose(sd, [0.0, np.sqrt(1 - 0.36), 1.0])
+
+
+def test_targeted_genes_are_left_out_of_the_likelihood(linear):
+    adata, models = linear
+    model = models["dcdfg"]
+    X = np.asarray(adata.X[:50], dtype=np.float64)
+    mask = np.zeros(X.shape, dtype=bool)
+    mask[:, 4] = True
+    X2 = X.copy()
+    X2[:, 4] = 1e3  # an absurd value of a masked gene can only matter through its children
+    base = model.nll_per_cell(X, masked=mask)
+    assert np.isfinite(base).all()
+    per_gene_all = model.nll_per_cell(X) * 20
+    per_gene_masked = base * 19
+    assert (per_gene_all != per_gene_masked).any()
+
+
+def test_mudata_sparse_input_and_unmodelled_targets():
+    adata = _sim(n_genes=12, n_regimes=8, n_cells_per_regime=60)
+    adata.X = sp.csr_matrix(adata.X)
+    labels = adata.obs["perturbation"].astype(str)
+    labels[labels == labels.iloc[-1]] = "OFFPANEL"  # a target that is not a modelled gene
+    adata.obs["perturbation"] = labels.values
+    mdata = md.MuData({"rna": adata})
+    genes = list(adata.var_names[:10])
+    with pytest.warns(UserWarning, match="OFFPANEL"):
+        model = pc.tl.causal_graph(mdata, **KEY, mod="rna", genes=genes, n_modules=2, max_epochs=3, **FAST)
+    assert mdata["rna"].varp["causal_graph"].shape == (12, 12)
+    assert mdata["rna"].varp["causal_graph"][10:].nnz == 0  # genes not modelled get no edge
+    assert model.regimes.loc["OFFPANEL", "modelled_targets"] == ""
+    pred = pc.tl.predict_intervention(mdata, "gene0", n_samples=50)
+    assert pred.shape == (1, 10)
+
+
+# -- errors ------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("kwargs", "err", "match"),
+    [
+        ({"control": "CTRL"}, ValueError, "control 'CTRL' is not a label"),
+        ({"perturbation_key": "guide"}, KeyError, "perturbation_key 'guide'"),
+        ({"genes": ["gene0", "NOPE"]}, KeyError, "NOPE"),
+        ({"genes": ["gene0"]}, ValueError, "at least 2 genes"),
+        ({"heldout": ["nope"]}, ValueError, "nope"),
+        ({"heldout": ["control"]}, ValueError, "cannot be held out"),
+        ({"n_modules": 99}, ValueError, "n_modules"),
+        ({"method": "pc"}, ValueError, "method"),
+        ({"layer": "counts"}, KeyError, "layer 'counts'"),
+    ],
+)
+def test_errors_leave_data_unchanged(kwargs, err, match):
+    adata = _sim(n_genes=6, n_modules=2, n_regimes=3, n_cells_per_regime=20)
+    before = (set(adata.uns), set(adata.varp), set(adata.varm))
+    with pytest.raises(err, match=match):
+        pc.tl.causal_graph(adata, **{**KEY, "n_modules": 2, "max_epochs": 1, **FAST, **kwargs})
+    assert (set(adata.uns), set(adata.varp), set(adata.varm)) == before
+
+
+def test_bad_values_and_cuda():
+    adata = _sim(n_genes=6, n_modules=2, n_regimes=3, n_cells_per_regime=20)
+    bad = adata.copy()
+    bad.X[0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        pc.tl.causal_graph(bad, **KEY, n_modules=2, max_epochs=1, **FAST)
+    counts = adata.copy()
+    counts.X = np.random.default_rng(0).poisson(30, counts.shape).astype(np.float32)
+    with pytest.warns(UserWarning, match="raw counts"):
+        pc.tl.causal_graph(counts, **KEY, n_modules=2, method="gaussian", **FAST)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA"):
+            pc.tl.causal_graph(adata, **KEY, n_modules=2, max_epochs=1, progress_bar=False, device="cuda")
+
+
+def test_predict_and_evaluate_errors(linear):
+    adata, models = linear
+    with pytest.raises(KeyError, match="NOPE"):
+        pc.tl.predict_intervention(models["dcdfg"], "NOPE")
+    with pytest.raises(KeyError, match="run pertcausal.tl.causal_graph first"):
+        pc.tl.predict_intervention(ad.AnnData(np.zeros((2, 2))), "gene0")
+    with pytest.raises(ValueError, match="control"):
+        pc.tl.evaluate_causal_graph(adata, key="dcdfg", regimes=["control"])
+    fresh = _sim(n_genes=6, n_modules=2, n_regimes=3, n_cells_per_regime=20)
+    pc.tl.causal_graph(fresh, **KEY, n_modules=2, method="gaussian", **FAST)
+    with pytest.raises(ValueError, match="heldout"):
+        pc.tl.evaluate_causal_graph(fresh)
+
+
+# -- real data ---------------------------------------------------------------------------------------------------
+@pytest.mark.realdata
+def test_papalexi_ifng_pathway(papalexi_cells):
+    """Held-out knockouts on a real CRISPR-KO screen: graph vs baselines, and JAK2 -> STAT1 in the graph."""
+    adata = papalexi_cells.copy()
+    adata.X = adata.X.astype(np.float32)
+    totals = np.asarray(adata.X.sum(1)).ravel()
+    adata.X = sp.csr_matrix(sp.diags(1e4 / totals) @ adata.X)
+    adata.X.data = np.log1p(adata.X.data)
+    X = adata.X.toarray()
+    top = np.argsort(-X.var(0))[:60]
+    genes = sorted(set(adata.var_names[top]) | {"STAT1", "JAK2", "IFNGR2", "PSMB9"})
+    held = ["IFNGR2", "STAT2", "CD86"]
+    model = pc.tl.causal_graph(adata, perturbation_key="perturbation", control="non-targeting", genes=genes,
+                               n_modules=10, heldout=held, max_epochs=15, **FAST)  # fmt: skip
+    table = pc.tl.evaluate_causal_graph(adata)
+    assert np.isfinite(table["shift_mae"]).all()
+    assert table.loc["gaussian_full", "nll_per_gene"] < table.loc["gaussian_diagonal", "nll_per_gene"]
+    # the graph links JAK2 to STAT1 (JAK2 phosphorylates STAT1; STAT1 mRNA falls in JAK2-KO cells): a JAK2
+    # knockout lowers the predicted STAT1, as observed
+    pred = pc.tl.predict_intervention(model, "JAK2", n_samples=500)
+    stat1 = adata.var_names.get_loc("STAT1")
+    observed = (
+        X[adata.obs["perturbation"] == "JAK2"][:, stat1].mean()
+        - X[adata.obs["perturbation"] == "non-targeting"][:, stat1].mean()
+    )
+    assert observed < -0.3
+    assert float(pred[:, "STAT1"].layers["shift"][0, 0]) < -0.1
