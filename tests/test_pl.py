@@ -72,6 +72,7 @@ def _collection(ax: Axes, gid: str):
 # --------------------------------------------------------------------------------------------
 def test_exports():
     expected = {
+        "causal_graph",
         "imputation",
         "latent",
         "manhattan",

@@ -21,7 +21,6 @@ import scipy.sparse as sp
 from .._engines.gaussian_baselines import GaussianBaseline, fit_gaussian, gaussian_nll_per_cell
 
 METHODS = ("dcdfg", "notears_lowrank", "gaussian")
-_ARRAYS = ("mean", "scale", "knockout_level", "noise_sd")
 
 
 class CausalGraphModel:
