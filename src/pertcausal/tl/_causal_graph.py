@@ -116,13 +116,17 @@ def _design(
     return _Design(adata, X, gene_names, gidx, labels, regimes, codes, masks, targets)
 
 
+def _dense_rows(X: np.ndarray | sp.csr_matrix, rows: np.ndarray) -> np.ndarray:
+    """The ``rows`` of ``X`` (dense or CSR) as a dense float64 array."""
+    block = X[rows]
+    return (block.toarray() if sp.issparse(block) else np.asarray(block)).astype(np.float64)
+
+
 def _standardisation(X: np.ndarray | sp.csr_matrix, control_rows: np.ndarray, train_rows: np.ndarray) -> tuple:
     """Per-gene mean and sd of the control cells (of all training cells for a gene constant in control)."""
 
     def moments(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        block = X[rows]
-        block = block.toarray() if sp.issparse(block) else block
-        block = block.astype(np.float64)
+        block = _dense_rows(X, rows)
         return block.mean(0), block.std(0)
 
     mean, sd = moments(control_rows)
@@ -349,8 +353,7 @@ def causal_graph(
 
     torch.manual_seed(random_state)
     if method == "gaussian":
-        block = design.X[train_rows]
-        Z = ((block.toarray() if sp.issparse(block) else block) - mean) / sd
+        Z = (_dense_rows(design.X, train_rows) - mean) / sd
         model = CausalGraphModel(method, design.genes, mean=mean, scale=sd, knockout_level=levels, regimes=regimes,
                                  params=params, gaussian=fit_gaussian_model(Z))  # fmt: skip
     else:
@@ -369,8 +372,7 @@ def causal_graph(
                                  threshold=threshold)  # fmt: skip
         rng = np.random.default_rng(random_state)
         sample = rng.choice(control_rows, size=min(2000, control_rows.size), replace=False)
-        block = design.X[np.sort(sample)]
-        Zc = ((block.toarray() if sp.issparse(block) else block) - mean) / sd
+        Zc = (_dense_rows(design.X, np.sort(sample)) - mean) / sd
         model.set_adjacency(net.mean_jacobian(torch.as_tensor(Zc, dtype=torch.float32)))
     _store(design.adata, design.gene_index, model, key_added)
     logger.info("causal_graph: %s", model)
@@ -608,15 +610,13 @@ def evaluate_causal_graph(
     train_codes = [i for i, r in enumerate(design.regimes) if r not in held]
     train_rows = np.flatnonzero(np.isin(design.codes, train_codes))
 
-    def dense(rows: np.ndarray) -> np.ndarray:
-        block = design.X[rows]
-        return (block.toarray() if sp.issparse(block) else np.asarray(block)).astype(np.float64)
-
-    Ztrain = model.standardise(dense(train_rows))
+    Ztrain = model.standardise(_dense_rows(design.X, train_rows))
     full = fit_gaussian_model(Ztrain)
     diag = fit_gaussian(Ztrain, covariance="diagonal")
-    control_mean = dense(np.flatnonzero(design.codes == 0)).mean(0)
-    train_means = np.stack([dense(np.flatnonzero(design.codes == c)).mean(0) for c in train_codes if c != 0])
+    control_mean = _dense_rows(design.X, np.flatnonzero(design.codes == 0)).mean(0)
+    train_means = np.stack(
+        [_dense_rows(design.X, np.flatnonzero(design.codes == c)).mean(0) for c in train_codes if c != 0]
+    )
     average = average_shift_prediction(train_means, control_mean) if len(train_means) else control_mean
     gauss = CausalGraphModel("gaussian", model.genes, mean=model.mean, scale=model.scale, gaussian=full,
                              knockout_level=model.knockout_level, regimes=model.regimes, params=p)  # fmt: skip
@@ -630,7 +630,7 @@ def evaluate_causal_graph(
         cells = np.flatnonzero(design.codes == code)
         if cells.size == 0:
             raise ValueError(f"regime {label!r} has no cells")
-        X = dense(cells)
+        X = _dense_rows(design.X, cells)
         mask = np.broadcast_to(design.masks[code], X.shape)
         if mask.all():
             raise ValueError(f"regime {label!r} targets every modelled gene; nothing is left to score")
