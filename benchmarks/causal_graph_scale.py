@@ -9,6 +9,8 @@ fewer than 4 epochs there is no warm-up) and no fine-tuning; the time of each ep
 training history, and the whole call also includes thresholding and the mean-Jacobian edge weights.
 ``notears_lowrank`` (whose exact NOTEARS constraint costs a 1,000 x 1,000 matrix exponential per step) is
 timed for one epoch. Peak memory is the process's high-water mark (VmHWM), which includes the simulated data.
+Time it with the cores to itself: an earlier run beside two other torch jobs (load 3.9 on 2 cores, threads
+oversubscribed) took 149 s per epoch, 40 times longer.
 
 Run: ``python benchmarks/causal_graph_scale.py`` (about 10 min on 2 CPU cores); ``--device cuda`` on a GPU.
 """
