@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from .._utils._params import h5_safe
 from .._utils._progress import track
 from .._utils._validate import _list, check_choice, is_mudata
-from ._impute import _h5_safe
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -667,7 +667,7 @@ def gwas(
     }
     if n_genetic_pcs:
         store["params"]["n_pca_variants"] = int(n_pca_var)
-    store["params"] = _h5_safe(store["params"])
+    store["params"] = h5_safe(store["params"])
     data.uns[key_added] = store
     logger.info("tl.gwas: %d variants x %d phenotypes tested on %d samples", n_tested, len(ph_names), len(Y))
     return results

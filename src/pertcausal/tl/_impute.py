@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from .._engines import METHODS
+from .._utils._params import h5_safe
 from .._utils._validate import _list, is_mudata
 from ._grid_io import TORCH_METHODS, check_method, grid_from_signatures
 
@@ -19,19 +20,6 @@ if TYPE_CHECKING:
     from mudata import MuData
 
 logger = logging.getLogger("pertcausal")
-
-
-def _h5_safe(value: Any) -> Any:
-    """Make a parameter value storable in ``.uns`` of an h5ad/h5mu file."""
-    if value is None:
-        return "None"
-    if isinstance(value, bool | int | float | str | np.integer | np.floating | np.bool_):
-        return value
-    if isinstance(value, dict):
-        return {str(k): _h5_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple) and all(isinstance(v, int | float | str) for v in value):
-        return list(value)
-    return str(type(value).__name__)
 
 
 def impute(
@@ -213,8 +201,8 @@ def impute(
         "n_observed": int(grid.n_obs),
         "n_imputed": int(len(qp)),
         "seconds": float(seconds),
-        "method_kwargs": _h5_safe(dict(method_kwargs)),
-        "engine_info": _h5_safe({k: v for k, v in pred.info.items() if not isinstance(v, np.ndarray)}),
+        "method_kwargs": h5_safe(dict(method_kwargs)),
+        "engine_info": h5_safe({k: v for k, v in pred.info.items() if not isinstance(v, np.ndarray)}),
     }
     if cell_level:
         params["signatures"] = dict(sig.uns["signatures"]["params"])

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from .._utils._params import h5_safe
 from .._utils._validate import _list, is_mudata
-from ._impute import _h5_safe
 
 if TYPE_CHECKING:
     from mudata import MuData
@@ -156,7 +156,7 @@ def integrate(
     for m, emb in per_mod.items():
         mdata.mod[m].obsm[key_added] = emb
     mdata.uns[key_added] = {
-        "params": _h5_safe(
+        "params": h5_safe(
             {
                 "modalities": setup["modalities"],
                 "likelihoods": setup["likelihoods"],

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from .._utils._params import h5_safe
 from .._utils._validate import _list, get_matrix, get_modality, is_mudata, obs_column
-from ._impute import _h5_safe
 from ._integrate import _accelerator
 
 if TYPE_CHECKING:
@@ -184,7 +184,7 @@ def sparse_shift(
         "shift": model.get_shift(),
         "likelihood": likelihood,
         "history": history.reset_index(names="epoch"),
-        "params": _h5_safe(
+        "params": h5_safe(
             {
                 "perturbation_key": perturbation_key,
                 "control": str(control),
