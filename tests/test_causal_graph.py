@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import types
+
 import anndata as ad
 import mudata as md
 import numpy as np
@@ -60,17 +62,45 @@ def test_propagate_matches_fixed_point_of_structural_equations():
         net.edge_logits.normal_(0, 3)
     net.threshold()
     net.eval()
-    noise = torch.randn(50, 8)
+    noise = torch.randn(50, 8) * torch.exp(0.5 * net.log_var.detach())
     clamp = torch.zeros(50, 8, dtype=torch.bool)
     clamp[:, 2] = True
     level = torch.full((8,), -2.0)
     with torch.no_grad():
         x = net.propagate(noise, clamp, level)
-        y = torch.where(clamp, level, net.bias + noise * torch.exp(0.5 * net.log_var))
+        y = torch.where(clamp, level, net.bias + noise)
         for _ in range(8):  # a DAG of 3 modules: the fixed point is reached within a few rounds
-            y = torch.where(clamp, level, net(y) + noise * torch.exp(0.5 * net.log_var))
+            y = torch.where(clamp, level, net(y) + noise)
     np.testing.assert_allclose(x.numpy(), y.numpy(), atol=1e-5)
     assert (x[:, 2] == -2.0).all()
+
+
+def test_lowrank_noise_nll_equals_the_marginal_normal_of_the_kept_genes():
+    from scipy.stats import multivariate_normal
+
+    from pertcausal._engines.factor_graph import gaussian_nll, sample_noise
+
+    gen = torch.Generator().manual_seed(3)
+    d, r = 7, 2
+    log_var = torch.randn(d, generator=gen, dtype=torch.float64) * 0.3
+    L = torch.randn(d, r, generator=gen, dtype=torch.float64)
+    x = torch.randn(5, d, generator=gen, dtype=torch.float64)
+    mu = torch.randn(5, d, generator=gen, dtype=torch.float64)
+    kept = torch.ones(5, d, dtype=torch.float64)
+    kept[1, [0, 3]] = 0.0
+    kept[4, 6] = 0.0
+    got = gaussian_nll(mu, log_var, x, kept, L).numpy()
+    cov = np.diag(np.exp(log_var.numpy())) + (L @ L.T).numpy()
+    for c in range(5):
+        k = kept[c].numpy() > 0
+        want = -multivariate_normal(mu[c].numpy()[k], cov[np.ix_(k, k)]).logpdf(x[c].numpy()[k])
+        assert got[c] == pytest.approx(want, rel=1e-10)
+    # rank 0 is the diagonal Gaussian; draws of the noise have the model's covariance
+    diag = gaussian_nll(mu, log_var, x, kept).numpy()
+    assert diag[0] == pytest.approx(-multivariate_normal(mu[0], np.diag(np.exp(log_var))).logpdf(x[0]), rel=1e-10)
+    net = types.SimpleNamespace(log_var=log_var.float(), noise_factors=L.float())
+    e = sample_noise(net, 200_000, torch.Generator().manual_seed(0)).double().numpy()
+    np.testing.assert_allclose(np.cov(e.T), cov, atol=0.05 * np.abs(cov).max())
 
 
 def test_threshold_gives_an_acyclic_module_graph():
@@ -213,6 +243,36 @@ def test_mudata_sparse_input_and_unmodelled_targets():
     assert pred.shape == (1, 10)
 
 
+def test_correlated_noise_captures_a_hidden_common_cause(tmp_path):
+    adata = _sim(n_genes=16, n_regimes=16, n_cells_per_regime=120)
+    rng = np.random.default_rng(0)
+    loading = rng.normal(0.0, 0.8, adata.n_vars)  # a hidden factor (cell size, say) shifting every gene
+    adata.X = adata.X + rng.standard_normal((adata.n_obs, 1)) * loading
+    held = _held(adata)
+    models = {
+        r: pc.tl.causal_graph(
+            adata, **KEY, n_modules=4, heldout=held, noise_rank=r, max_epochs=60, key_added=f"r{r}", **FAST
+        )  # fmt: skip
+        for r in (0, 2)
+    }
+    nll = {r: pc.tl.evaluate_causal_graph(adata, key=f"r{r}").loc["dcdfg", "nll_per_gene"] for r in models}
+    assert nll[2] < nll[0] - 0.05
+    # the loadings span the hidden factor's direction (control-standardised units)
+    L = models[2].net.noise_factors.detach().numpy()
+    z = loading / models[2].scale
+    fit = L @ np.linalg.lstsq(L, z, rcond=None)[0]
+    assert np.corrcoef(fit, z)[0, 1] > 0.9
+    # the loadings survive h5ad and save/load: the same likelihood
+    path = tmp_path / "a.h5ad"
+    adata.write_h5ad(path)
+    back = pc.models.CausalGraphModel.from_uns(ad.read_h5ad(path).uns["r2"])
+    models[2].save(tmp_path / "m")
+    loaded = pc.models.CausalGraphModel.load(tmp_path / "m")
+    X = adata.X[:50]
+    for other in (back, loaded):
+        np.testing.assert_allclose(other.nll_per_cell(X), models[2].nll_per_cell(X), rtol=1e-6)
+
+
 # -- errors ------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("kwargs", "err", "match"),
@@ -224,6 +284,8 @@ def test_mudata_sparse_input_and_unmodelled_targets():
         ({"heldout": ["nope"]}, ValueError, "nope"),
         ({"heldout": ["control"]}, ValueError, "cannot be held out"),
         ({"n_modules": 99}, ValueError, "n_modules"),
+        ({"noise_rank": 6}, ValueError, "noise_rank"),
+        ({"noise_rank": -1}, ValueError, "noise_rank"),
         ({"method": "pc"}, ValueError, "method"),
         ({"layer": "counts"}, KeyError, "layer 'counts'"),
     ],

@@ -35,6 +35,8 @@ from torch.utils.data import DataLoader, Dataset
 from .graph_metrics import threshold_to_dag, topological_order
 
 _LOG_2PI = math.log(2.0 * math.pi)
+_MIN_LOG_VAR = math.log(1e-3)  # floor of a gene's own noise variance (standardised units): with correlated noise
+# the loadings could otherwise take all of a gene's variance and send its own to zero (a Heywood case)
 _NONE, _INPUT, _OUTPUT = 0, 1, 2  # the three-way choice of a (gene, module) pair
 
 
@@ -49,7 +51,8 @@ class FactorGraphNet(nn.Module):
         Width and number of hidden layers (leaky ReLU) of each module's MLP.
     """
 
-    def __init__(self, n_genes: int, n_modules: int, *, n_hidden: int = 16, n_layers: int = 2) -> None:
+    def __init__(self, n_genes: int, n_modules: int, *, n_hidden: int = 16, n_layers: int = 2,
+                 noise_rank: int = 0) -> None:  # fmt: skip
         super().__init__()
         d, m, H = n_genes, n_modules, n_hidden
         self.n_genes, self.n_modules, self.n_hidden, self.n_layers = d, m, H, n_layers
@@ -62,6 +65,7 @@ class FactorGraphNet(nn.Module):
         self.w_out = nn.Parameter(torch.randn(d, m) * 0.1)
         self.bias = nn.Parameter(torch.zeros(d))
         self.log_var = nn.Parameter(torch.zeros(d))
+        _add_noise_factors(self, d, noise_rank)
         self.register_buffer("fixed_edges", torch.zeros(0))  # (d, m, 3) one-hot once the graph is fixed
 
     @property
@@ -156,17 +160,16 @@ class FactorGraphNet(nn.Module):
     def propagate(self, noise: torch.Tensor, clamp: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
         """Sample the structural equations in the topological order of the modules.
 
-        ``noise`` (cells x genes) is the exogenous noise in sd units; genes where ``clamp`` is True are set to
-        ``level`` (genes,) and cut from their parents. Each module is evaluated once all genes that feed it are
-        final (a module feeding on a gene comes after every module writing that gene).
+        ``noise`` (cells x genes) is the exogenous noise (e.g. from :func:`sample_noise`); genes where ``clamp``
+        is True are set to ``level`` (genes,) and cut from their parents. Each module is evaluated once all
+        genes that feed it are final (a module feeding on a gene comes after every module writing that gene).
         """
         U, V = (torch.as_tensor(a, device=noise.device) for a in self.binary_factors())
         order = topological_order((V.T.double() @ U.double()).cpu().numpy() > 0)
         if order is None:  # pragma: no cover - thresholding guarantees a DAG
             raise RuntimeError("the module graph has a cycle; threshold the model first")
-        sd = torch.exp(0.5 * self.log_var)
         free = ~clamp
-        x = torch.where(clamp, level, self.bias + noise * sd)
+        x = torch.where(clamp, level, self.bias + noise)
         out = self.w_out * V
         for k in order:
             w = self.w_in[:, k, :] * U[:, k, None]
@@ -181,7 +184,7 @@ class FactorGraphNet(nn.Module):
 class LowRankLinearNet(nn.Module):
     """NOTEARS-low-rank: linear Gaussian SEM ``x = b + x W + e`` with ``W = U V^T`` (zero diagonal) and L1."""
 
-    def __init__(self, n_genes: int, n_modules: int) -> None:
+    def __init__(self, n_genes: int, n_modules: int, *, noise_rank: int = 0) -> None:
         super().__init__()
         d, m = n_genes, n_modules
         self.n_genes, self.n_modules = d, m
@@ -189,6 +192,7 @@ class LowRankLinearNet(nn.Module):
         self.V = nn.Parameter(torch.randn(d, m) * 0.1)
         self.bias = nn.Parameter(torch.zeros(d))
         self.log_var = nn.Parameter(torch.zeros(d))
+        _add_noise_factors(self, d, noise_rank)
         self.register_buffer("fixed_mask", torch.zeros(0))  # (d, d) 0/1 once the graph is fixed
 
     @property
@@ -241,13 +245,29 @@ class LowRankLinearNet(nn.Module):
         order = topological_order(W.cpu().numpy())
         if order is None:  # pragma: no cover
             raise RuntimeError("the graph has a cycle; threshold the model first")
-        sd = torch.exp(0.5 * self.log_var)
-        x = torch.where(clamp, level, self.bias + noise * sd)
+        x = torch.where(clamp, level, self.bias + noise)
         for j in order:
             col = W[:, j]
             if not bool(clamp[..., j].all()):
                 x[:, j] = torch.where(clamp[:, j], x[:, j], x[:, j] + x @ col)
         return x
+
+
+def _add_noise_factors(net: nn.Module, n_genes: int, rank: int) -> None:
+    """Give ``net`` a ``(genes, rank)`` loading ``noise_factors`` of correlated exogenous noise (``None`` for
+    rank 0): ``e ~ N(0, diag(exp(log_var)) + L L^T)``, hidden common causes the gene graph does not carry."""
+    net.noise_rank = int(rank)
+    net.register_parameter("noise_factors", nn.Parameter(torch.randn(n_genes, rank) * 0.01) if rank > 0 else None)
+
+
+def sample_noise(net: nn.Module, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``n`` draws of the exogenous noise ``e`` of ``net`` (cells x genes, standardised units)."""
+    sd = torch.exp(0.5 * net.log_var.detach().clamp(min=_MIN_LOG_VAR))
+    e = torch.randn(n, sd.shape[0], generator=generator) * sd
+    if net.noise_factors is not None:
+        L = net.noise_factors.detach()
+        e = e + torch.randn(n, L.shape[1], generator=generator) @ L.T
+    return e
 
 
 def acyclicity(U: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
@@ -257,10 +277,29 @@ def acyclicity(U: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
     return torch.trace(torch.linalg.matrix_exp(M)) - M.shape[0]
 
 
-def gaussian_nll(mu: torch.Tensor, log_var: torch.Tensor, x: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
-    """Per-cell Gaussian NLL summed over the kept genes (cells x genes bool), in nats."""
-    elem = 0.5 * (_LOG_2PI + log_var + (x - mu) ** 2 * torch.exp(-log_var))
-    return (elem * kept).sum(-1)
+def gaussian_nll(mu: torch.Tensor, log_var: torch.Tensor, x: torch.Tensor, kept: torch.Tensor,
+                 factors: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    """Per-cell Gaussian NLL of the residuals ``x - mu`` over the kept genes (cells x genes, 0/1), in nats.
+
+    With ``factors`` ``L`` (genes x rank) the residuals are ``N(0, D + L L^T)`` (``D = diag(exp(log_var))``),
+    scored on each cell's kept genes by Woodbury and the matrix determinant lemma (a rank x rank Cholesky per
+    cell). The residuals of a DAG are a unit-triangular map of the genes, so this is the likelihood of the
+    kept genes given the intervened ones.
+    """
+    r = x - mu
+    log_var = log_var.clamp(min=_MIN_LOG_VAR)
+    if factors is None:
+        elem = 0.5 * (_LOG_2PI + log_var + r**2 * torch.exp(-log_var))
+        return (elem * kept).sum(-1)
+    w = kept * torch.exp(-log_var)  # D^-1 on the kept genes, 0 elsewhere
+    Lw = factors * (kept * torch.exp(-0.5 * log_var))[..., None]  # D^-1/2 L per cell (no sqrt of 0 to backprop)
+    cap = Lw.transpose(1, 2) @ Lw + torch.eye(factors.shape[1], dtype=r.dtype, device=r.device)
+    chol = torch.linalg.cholesky(cap)
+    y = (w * r) @ factors  # cells x rank
+    v = torch.cholesky_solve(y[..., None], chol)[..., 0]
+    quad = (w * r**2).sum(-1) - (y * v).sum(-1)
+    logdet = (kept * log_var).sum(-1) + 2.0 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
+    return 0.5 * (kept.sum(-1) * _LOG_2PI + logdet + quad)
 
 
 # -- data --------------------------------------------------------------------------------------------------------
@@ -334,7 +373,7 @@ class GraphTrainingPlan(LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, masked = batch
         kept = (~masked).to(x.dtype)
-        nll = gaussian_nll(self.net(x), self.net.log_var, x, kept).mean() / x.shape[1]
+        nll = gaussian_nll(self.net(x), self.net.log_var, x, kept, self.net.noise_factors).mean() / x.shape[1]
         loss = nll
         h = torch.zeros((), device=x.device)
         if self.constrained and self.current_epoch >= self.warmup_epochs:
@@ -395,10 +434,11 @@ class _EpochRecorder(Callback):
         plan.epoch_sums = {}
 
 
-def build_net(method: Literal["dcdfg", "notears_lowrank"], n_genes: int, n_modules: int, **kwargs: Any) -> nn.Module:
+def build_net(method: Literal["dcdfg", "notears_lowrank"], n_genes: int, n_modules: int, *, noise_rank: int = 0,
+              **kwargs: Any) -> nn.Module:  # fmt: skip
     if method == "dcdfg":
-        return FactorGraphNet(n_genes, n_modules, **kwargs)
-    return LowRankLinearNet(n_genes, n_modules)
+        return FactorGraphNet(n_genes, n_modules, noise_rank=noise_rank, **kwargs)
+    return LowRankLinearNet(n_genes, n_modules, noise_rank=noise_rank)
 
 
 def fit_graph(

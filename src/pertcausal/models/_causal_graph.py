@@ -19,6 +19,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .._engines.gaussian_baselines import GaussianBaseline, fit_gaussian, gaussian_nll_per_cell
+from .._utils._params import h5_safe
 
 METHODS = ("dcdfg", "notears_lowrank", "gaussian")
 
@@ -173,7 +174,8 @@ class CausalGraphModel:
             for start in range(0, Z.shape[0], 4096):
                 x = torch.as_tensor(Z[start : start + 4096], dtype=torch.float32)
                 k = torch.as_tensor(kept[start : start + 4096], dtype=torch.float32)
-                out[start : start + 4096] = gaussian_nll(self.net(x), self.net.log_var, x, k).double().numpy()
+                nll = gaussian_nll(self.net(x), self.net.log_var, x, k, self.net.noise_factors)
+                out[start : start + 4096] = nll.double().numpy()
         return out / n_kept
 
     # -- interventions -----------------------------------------------------------------------------------------
@@ -221,10 +223,12 @@ class CausalGraphModel:
     def _sample(self, idx: np.ndarray, z_level: np.ndarray, *, n_samples: int, random_state: int) -> tuple:
         import torch
 
+        from .._engines.factor_graph import sample_noise
+
         if n_samples < 2:
             raise ValueError(f"n_samples must be >= 2, got {n_samples}")
         gen = torch.Generator().manual_seed(int(random_state))
-        noise = torch.randn(n_samples, self.n_genes, generator=gen)
+        noise = sample_noise(self.net, n_samples, gen)
         clamp = torch.zeros(n_samples, self.n_genes, dtype=torch.bool)
         clamp[:, torch.as_tensor(idx)] = True
         level = torch.zeros(self.n_genes)
@@ -258,7 +262,7 @@ class CausalGraphModel:
             "threshold": self.threshold,
             "regimes": self.regimes,
             "history": self.history,
-            "params": _h5(self.params),
+            "params": h5_safe(self.params),
         }
 
     @classmethod
@@ -292,7 +296,7 @@ class CausalGraphModel:
 
             p = kw["params"]
             net_kw = {"n_hidden": int(p["n_hidden"]), "n_layers": int(p["n_layers"])} if method == "dcdfg" else {}
-            net = build_net(method, len(genes), int(p["n_modules"]), **net_kw)
+            net = build_net(method, len(genes), int(p["n_modules"]), noise_rank=int(p.get("noise_rank", 0)), **net_kw)
             sd = {k[4:]: torch.as_tensor(np.asarray(v)) for k, v in state.items() if k.startswith("net_")}
             for name in ("fixed_edges", "fixed_mask"):  # buffers whose shape changes once the graph is fixed
                 if name in sd:
@@ -321,7 +325,7 @@ class CausalGraphModel:
             raise FileExistsError(f"{path} exists and is not empty; pass overwrite=True to replace it")
         path.mkdir(parents=True, exist_ok=True)
         np.savez(path / "model.npz", **self.state())
-        meta = {"method": self.method, "genes": self.genes, "threshold": self.threshold, "params": _h5(self.params)}
+        meta = {"method": self.method, "genes": self.genes, "threshold": self.threshold, "params": h5_safe(self.params)}
         (path / "model.json").write_text(json.dumps(meta, indent=1))
         self.regimes.to_csv(path / "regimes.csv")
         self.history.to_csv(path / "history.csv", index=False)
@@ -358,18 +362,3 @@ def _conditional_gaussian(g: GaussianBaseline, idx: np.ndarray, value: np.ndarra
     var = np.zeros(g.n_genes)
     var[rest] = np.diag(S)[rest] - np.einsum("rt,tr->r", K, S[np.ix_(idx, rest)])
     return mean, np.sqrt(np.maximum(var, 0.0))
-
-
-def _h5(value: Any) -> Any:
-    """Parameters as h5- and json-friendly values."""
-    if value is None:
-        return "None"
-    if isinstance(value, Mapping):
-        return {str(k): _h5(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_h5(v) for v in value] if value else []
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, bool | int | float | str):
-        return value
-    return str(value)

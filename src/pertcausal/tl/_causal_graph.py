@@ -180,6 +180,7 @@ def causal_graph(
     batch_size: int = 256,
     lr: float = 1e-3,
     reg_weight: float = 0.1,
+    noise_rank: int = 0,
     n_hidden: int = 16,
     n_layers: int = 2,
     strategy: Any = "auto",
@@ -248,6 +249,11 @@ def causal_graph(
     reg_weight
         Weight of the sparsity penalty (mean edge probability for ``dcdfg``, mean ``|U|, |V|`` for
         ``notears_lowrank``).
+    noise_rank
+        Rank of correlated exogenous noise for the graph methods: each gene's noise is
+        ``N(0, diag(variances) + L L^T)`` with a learned ``genes x noise_rank`` loading ``L``, for hidden
+        common causes (cell size, cell cycle, capture) that no graph among the measured genes can carry; ``0``
+        gives independent noise, as in DCD-FG. Knockouts are still propagated through the graph only.
     n_hidden, n_layers
         Size of each module's MLP (``dcdfg``).
     strategy, devices
@@ -292,7 +298,7 @@ def causal_graph(
 
     check_choice(method, ["dcdfg", "notears_lowrank", "gaussian"], argname="method")
     for name, value, low in (("n_modules", n_modules, 1), ("batch_size", batch_size, 1), ("n_hidden", n_hidden, 1),
-                             ("n_layers", n_layers, 1)):  # fmt: skip
+                             ("n_layers", n_layers, 1), ("noise_rank", noise_rank, 0)):  # fmt: skip
         if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     for name, value in (("max_epochs", max_epochs), ("finetune_epochs", finetune_epochs)):
@@ -309,6 +315,8 @@ def causal_graph(
     d = len(design.genes)
     if n_modules > d:
         raise ValueError(f"n_modules ({n_modules}) must not exceed the number of modelled genes ({d})")
+    if noise_rank >= d:
+        raise ValueError(f"noise_rank ({noise_rank}) must be smaller than the number of modelled genes ({d})")
     held = [] if heldout is None else [str(h) for h in ([heldout] if isinstance(heldout, str) else heldout)]
     unknown = [h for h in held if h not in design.regimes]
     if unknown:
@@ -347,7 +355,8 @@ def causal_graph(
         "method": method, "perturbation_key": perturbation_key, "control": control, "mod": mod,
         "layer": layer, "separator": separator, "n_modules": int(n_modules), "n_hidden": int(n_hidden),
         "n_layers": int(n_layers), "max_epochs": epochs, "finetune_epochs": tune, "batch_size": int(batch_size),
-        "lr": float(lr), "reg_weight": float(reg_weight), "device": device, "random_state": int(random_state),
+        "lr": float(lr), "reg_weight": float(reg_weight), "noise_rank": int(noise_rank), "device": device,
+        "random_state": int(random_state),
         "heldout": held, "n_genes": d, "n_train_cells": int(train_rows.size),
     }  # fmt: skip
 
@@ -358,7 +367,7 @@ def causal_graph(
                                  params=params, gaussian=fit_gaussian_model(Z))  # fmt: skip
     else:
         net_kw = {"n_hidden": n_hidden, "n_layers": n_layers} if method == "dcdfg" else {}
-        net = build_net(method, d, n_modules, **net_kw)
+        net = build_net(method, d, n_modules, noise_rank=int(noise_rank), **net_kw)
         loader = make_loader(design.X[train_rows], design.masks, design.codes[train_rows], mean, sd,
                              batch_size=batch_size, shuffle=True, seed=random_state)  # fmt: skip
         net, history, threshold = fit_graph(
