@@ -15,6 +15,7 @@ from torch import nn
 from torch.distributions import Normal, kl_divergence
 
 PRIORS = ("svae+", "svae", "ivae", "vae")
+SPARSITY_UNITS = ("cell", "dataset")
 
 
 class SparseShiftModule(BaseModuleClass):
@@ -23,7 +24,10 @@ class SparseShiftModule(BaseModuleClass):
     ``m_a`` is a binary target mask learned through a relaxed Bernoulli (Gumbel-sigmoid) with a
     straight-through estimator; the control regime has no shift. ``prior`` chooses the model:
 
-    - ``"svae+"``: a Beta(1, ``sparsity``) prior on the mask probabilities (the sVAE+ global term);
+    - ``"svae+"``: a Beta(1, b) prior on the mask probabilities (the sVAE+ global term); with
+      ``sparsity_unit="dataset"``, b = ``sparsity``; with ``"cell"``, each cell pays ``sparsity`` x
+      -log(1 - p) for every mask entry of its perturbation, i.e. b = 1 + ``sparsity`` x (cells of a), so
+      the prior keeps its weight against the likelihood, which grows with the cells of a perturbation;
     - ``"svae"``: a penalty ``sparsity`` x mean mask probability (Lachapelle et al.'s penalised sVAE);
     - ``"ivae"``: every latent shifted (mask all ones), i.e. a conditional-prior iVAE;
     - ``"vae"``: N(0, I) for every cell.
@@ -44,12 +48,16 @@ class SparseShiftModule(BaseModuleClass):
         sparsity: float = 10.0,
         mask_init: float = 3.0,
         temperature: float = 1.0,
+        sparsity_unit: str = "dataset",
     ) -> None:
         super().__init__()
         if prior not in PRIORS:
             raise ValueError(f"prior must be one of {PRIORS}, got {prior!r}")
+        if sparsity_unit not in SPARSITY_UNITS:
+            raise ValueError(f"sparsity_unit must be one of {SPARSITY_UNITS}, got {sparsity_unit!r}")
         self.n_input, self.n_labels, self.n_batch, self.n_latent = n_input, n_labels, n_batch, n_latent
         self.prior, self.sparsity, self.mask_init, self.temperature = prior, float(sparsity), mask_init, temperature
+        self.sparsity_unit = sparsity_unit
         self.z_encoder = Encoder(
             n_input, n_latent, n_layers=n_layers, n_hidden=n_hidden, dropout_rate=dropout_rate, return_dist=True
         )
@@ -129,6 +137,12 @@ class SparseShiftModule(BaseModuleClass):
         pz = Normal(self.prior_mean(labels), torch.ones(1, device=z.device))
         return {"px": NegativeBinomial(mu=px_rate, theta=torch.exp(self.px_r)), "px_scale": px_scale, "pz": pz}
 
+    def cell_penalty(self, labels: torch.Tensor) -> torch.Tensor:
+        """Per cell: ``sparsity`` x sum_j -log(1 - p_aj) over its perturbation's mask (sVAE+, unit "cell")."""
+        labels = labels.reshape(-1).long()
+        log_off = F.logsigmoid(-self.mask_logit[labels]) * self.intervened[labels][:, None]
+        return -self.sparsity * log_off.sum(-1)
+
     def global_penalty(self) -> torch.Tensor:
         """Minus the log prior of the mask probabilities (sVAE+) or the sparsity penalty (sVAE)."""
         rows = self.intervened[:, None]
@@ -152,6 +166,13 @@ class SparseShiftModule(BaseModuleClass):
         reconst = -generative_outputs["px"].log_prob(x).sum(-1)
         kl_z = kl_divergence(inference_outputs["qz"], generative_outputs["pz"]).sum(-1)
         loss = torch.mean(reconst + kl_weight * kl_z)
+        if self.prior == "svae+" and self.sparsity_unit == "cell":
+            # summed over the cells, the joint has a Beta(1, 1 + sparsity x n_a) prior per mask entry of a
+            penalty = self.cell_penalty(tensors[REGISTRY_KEYS.LABELS_KEY])
+            kl_global = penalty.sum() if use_global else torch.zeros((), device=x.device)
+            if use_global:
+                loss = loss + kl_weight * penalty.mean()
+            return LossOutput(loss=loss, reconstruction_loss=reconst, kl_local={"kl_z": kl_z}, kl_global=kl_global)
         kl_global = self.global_penalty() if use_global else torch.zeros((), device=x.device)
         if self.prior == "svae+":  # a term of the joint over all cells: per cell, it weighs 1 / n_obs
             loss = loss + kl_weight * kl_global / max(n_obs, 1)
