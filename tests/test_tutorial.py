@@ -169,15 +169,19 @@ def test_sparse_shift_kang_notebook(python3_kernel):
     nb = _execute("sparse_shift_kang.ipynb", KANG_DIR, python3_kernel)
     text = _outputs_text(nb)
     # observed when written: 2 targets (probabilities 0.94, 0.59; the others at most 0.15), 14 ISGs among
-    # the top 25 response genes, ISG15 rank 10, IFI6 rank 21, Spearman with the observed response 0.856
+    # the top 25 response genes, ISG15 rank 10, IFI6 rank 21, Spearman with the observed response 0.856.
+    # With the per-cell sparsity prior (0.2 per cell, default since it replaced Beta(1, 50)) a target is kept
+    # when it saves each cell more than 0.4 nats, not by evidence summed over ~800 cells: the interferon
+    # target's probability fell to 0.60, still a target, and the Spearman to 0.583 (0.1 per cell: all as before,
+    # but target F1 0.56 against 0.73 on the default simulation benchmark).
     assert 1 <= _number(text, "number of stim targets") <= 3
-    assert _number(text, "largest target probability") > 0.8
+    assert _number(text, "largest target probability") > 0.5
     assert _number(text, "median non-target probability") < 0.3
     assert _number(text, "cell types where the main target moves most") >= 4
     assert _number(text, "ISGs among the top 25 response genes") >= 8
     assert _number(text, "ISG15 rank") <= 50
     assert _number(text, "IFI6 rank") <= 60
-    assert _number(text, "Spearman of predicted and observed response") > 0.6
+    assert _number(text, "Spearman of predicted and observed response") > 0.5  # 0.583 at 0.2 per cell
     assert _number(text, "observed logFC, top 25 predicted genes") > 0.8
     assert "targets survive h5ad: True" in text
     assert "reloaded latent identical: True" in text
