@@ -175,3 +175,25 @@ def epoch_timer() -> Any:
             self.times.append(time.perf_counter() - self._t)
 
     return EpochTimer()
+
+
+def print_timing(epoch_seconds: Sequence[float], total_seconds: float) -> None:
+    """The last line a timed child run prints: per-epoch and total seconds and the peak memory, as JSON."""
+    import json
+
+    print(json.dumps({"epoch_seconds": list(epoch_seconds), "total_seconds": total_seconds,
+                      "peak_rss_gb": peak_memory_gb()}))  # fmt: skip
+
+
+def run_child(script: str, method: str, data: Path, argv: Sequence[str]) -> dict[str, Any]:
+    """Run ``script --method METHOD --data DATA *argv`` in a fresh process (its own peak memory) and return the
+    JSON of its last line (:func:`print_timing`)."""
+    import json
+    import sys
+
+    cmd = [sys.executable, script, "--method", method, "--data", str(data), *argv]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        print(proc.stderr[-3000:])
+        raise SystemExit(f"{method} failed")
+    return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, epoch_timer, machine_info, machine_markdown, markdown_table, peak_memory_gb
+from _common import ROOT, epoch_timer, machine_info, machine_markdown, markdown_table, print_timing, run_child
 
 
 def run_method(args: argparse.Namespace) -> None:
@@ -66,9 +65,7 @@ def run_method(args: argparse.Namespace) -> None:
             early_stopping=False,
             callbacks=[timer],
         )
-    total = time.perf_counter() - t0
-    peak = peak_memory_gb()
-    print(json.dumps({"epoch_seconds": timer.times, "total_seconds": total, "peak_rss_gb": peak}))
+    print_timing(timer.times, time.perf_counter() - t0)
 
 
 def main() -> None:
@@ -102,12 +99,7 @@ def main() -> None:
         del mdata
     rows, results = [], {}
     for method in ("crossmodal", "totalvi"):
-        cmd = [sys.executable, __file__, "--method", method, "--data", str(data), *sys.argv[1:]]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode:
-            print(proc.stderr[-3000:])
-            raise SystemExit(f"{method} failed")
-        res = json.loads(proc.stdout.strip().splitlines()[-1])
+        res = run_child(__file__, method, data, sys.argv[1:])
         times = res["epoch_seconds"]
         steady = times[1:] if len(times) > 1 else times
         res["per_epoch"] = sum(steady) / len(steady)

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, epoch_timer, machine_info, machine_markdown, markdown_table, peak_memory_gb
+from _common import ROOT, epoch_timer, machine_info, machine_markdown, markdown_table, print_timing, run_child
 
 
 def run_method(args: argparse.Namespace) -> None:
@@ -46,8 +45,7 @@ def run_method(args: argparse.Namespace) -> None:
         scvi.model.SCVI.setup_anndata(adata)
         model = scvi.model.SCVI(adata, n_latent=10)
         model.train(train_size=0.999, enable_progress_bar=False, callbacks=[timer], **common)
-    total = time.perf_counter() - t0
-    print(json.dumps({"epoch_seconds": timer.times, "total_seconds": total, "peak_rss_gb": peak_memory_gb()}))
+    print_timing(timer.times, time.perf_counter() - t0)
 
 
 def main() -> None:
@@ -85,12 +83,7 @@ def main() -> None:
         del adata
     results = {}
     for method in ("sparse_shift", "scvi"):
-        cmd = [sys.executable, __file__, "--method", method, "--data", str(data), *sys.argv[1:]]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode:
-            print(proc.stderr[-3000:])
-            raise SystemExit(f"{method} failed")
-        res = json.loads(proc.stdout.strip().splitlines()[-1])
+        res = run_child(__file__, method, data, sys.argv[1:])
         steady = res["epoch_seconds"][1:] or res["epoch_seconds"]
         res["per_epoch"] = sum(steady) / len(steady)
         results[method] = res
