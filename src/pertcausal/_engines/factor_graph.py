@@ -5,9 +5,13 @@ Genes are tied to ``n_modules`` modules. In ``FactorGraphNet`` (DCD-FG, Lopez et
 module (the gene feeds the module) or module -> gene (the module writes the gene). A module is a small MLP of
 the genes that feed it, and a gene's mean is a weighted sum of the modules that write it; each gene has a
 Gaussian likelihood with a learned variance. In ``LowRankLinearNet`` (NOTEARS-low-rank) the gene graph is
-``W = U V^T`` with an L1 penalty and the mean is linear. Both are kept acyclic by the same cheap constraint on
-the ``n_modules x n_modules`` module graph ``M = |V|^T |U|`` (a module writes a gene that feeds another module):
-``h = tr(exp(M / n_genes)) - n_modules``, zero exactly when the module graph, hence the gene graph, is a DAG.
+``W = U V^T`` with an L1 penalty and the mean is linear. DCD-FG is kept acyclic by a cheap constraint on the
+``n_modules x n_modules`` module graph ``M = V^T U`` of edge probabilities (a module writes a gene that feeds
+another module): ``h = tr(exp(M / n_genes)) - n_modules``, zero exactly when the module graph, hence the gene
+graph, is a DAG. NOTEARS-low-rank uses NOTEARS' exact ``tr(exp(W * W)) - n_genes`` (a continuous low-rank
+``W`` is dense, so a constraint on its factors could only be met by shrinking them all).
+With ``noise_rank > 0`` the exogenous noise of both is correlated, ``N(0, diag + L L^T)``, for hidden common
+causes (:func:`gaussian_nll`, :func:`sample_noise`).
 
 Training (:func:`fit_graph`) runs through Lightning 2: an augmented Lagrangian on ``h`` (``gamma h + mu/2 h^2``;
 ``gamma`` grows by ``mu h`` and ``mu`` doubles when ``h`` has not shrunk by 10% at each check), minibatches

@@ -208,7 +208,8 @@ def causal_graph(
       smallest threshold giving an acyclic graph (checked by topological sort) and the model is fine-tuned
       with the graph fixed for ``finetune_epochs``.
     - ``"notears_lowrank"``: a linear Gaussian SEM with ``W = U V^T`` (rank ``n_modules``), an L1 penalty and
-      the same constraint on ``|V|^T |U|``; ``|W|`` is thresholded to a DAG and fine-tuned likewise.
+      NOTEARS' exact constraint ``tr(exp(W * W)) - n_genes`` (a genes x genes matrix exponential per step, so
+      slow beyond a few hundred genes); ``|W|`` is thresholded to a DAG and fine-tuned likewise.
     - ``"gaussian"``: no graph; a full-covariance Gaussian (Ledoit-Wolf shrinkage) of the control and
       training cells, the baseline that an independent re-analysis found ahead of DCD-FG on held-out NLL.
 
