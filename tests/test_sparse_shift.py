@@ -91,7 +91,7 @@ def test_heldout_masks_learned_from_the_likelihood(trained):
 def test_masks_sparse_under_default_prior(trained):
     _, model = trained
     p = model.get_target_probability().loc[[f"P{i}" for i in range(6)]].to_numpy()
-    # every entry started at probability 0.95; the default prior (0.1 per cell) switches most off, not all
+    # every entry started at probability 0.95; the default prior (0.2 per cell) switches most off, not all
     assert (p > 0.5).mean() < 0.6
     assert (p > 0.5).sum() >= 3
 

@@ -193,6 +193,7 @@ def sparse_shift(
                 "batch_key": batch_key,
                 "prior": prior,
                 "sparsity": model.module.sparsity,
+                "sparsity_unit": model.module.sparsity_unit,
                 "n_latent": n_latent,
                 "n_hidden": n_hidden,
                 "n_layers": n_layers,
