@@ -307,6 +307,11 @@ def causal_graph(
     for name, value in (("max_epochs", max_epochs), ("finetune_epochs", finetune_epochs)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0):
             raise ValueError(f"{name} must be a non-negative integer or None, got {value!r}")
+    if method == "gaussian" and noise_rank:
+        raise ValueError(
+            f"noise_rank={noise_rank} applies to the graph methods ('dcdfg', 'notears_lowrank'); "
+            "method='gaussian' already has a full covariance"
+        )
     if not lr > 0 or not reg_weight >= 0:
         raise ValueError(f"lr must be > 0 and reg_weight >= 0, got lr={lr!r}, reg_weight={reg_weight!r}")
     if not isinstance(separator, str) or not separator:
