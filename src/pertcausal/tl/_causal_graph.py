@@ -256,7 +256,11 @@ def causal_graph(
         Rank of correlated exogenous noise for the graph methods: each gene's noise is
         ``N(0, diag(variances) + L L^T)`` with a learned ``genes x noise_rank`` loading ``L``, for hidden
         common causes (cell size, cell cycle, capture) that no graph among the measured genes can carry; ``0``
-        gives independent noise, as in DCD-FG. Knockouts are still propagated through the graph only.
+        gives independent noise, as in DCD-FG. Knockouts are still propagated through the graph only. The
+        loadings compete with the graph for shared variation: on the Papalexi screen rank 10 lowered held-out
+        NLL below the full Gaussian's, but on simulations with independent noise it cut edge recall (e.g.
+        0.89 to 0.52, linear knockouts) and worsened predicted knockout shifts. Use it for likelihoods and
+        with care for structure.
     n_hidden, n_layers
         Size of each module's MLP (``dcdfg``).
     strategy, devices
