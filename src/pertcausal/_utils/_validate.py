@@ -44,6 +44,17 @@ def get_modality(data: AnnData | MuData, mod: str | None) -> AnnData:
     raise TypeError(f"expected an AnnData or MuData, got {type(data).__name__}")
 
 
+def modality_holding_uns(mdata: MuData, key: str, *, missing: str) -> str:
+    """Name of the one modality of ``mdata`` whose ``uns`` holds ``key``; ValueError naming them when several
+    do, KeyError with the message ``missing`` when none does."""
+    having = [m for m in mdata.mod if key in mdata.mod[m].uns]
+    if len(having) > 1:
+        raise ValueError(f"the modalities {_list(having)} all hold uns[{key!r}]; pass mod= to choose one")
+    if not having:
+        raise KeyError(missing)
+    return having[0]
+
+
 def check_obs_key(adata: AnnData, key: str, *, argname: str, where: str = "adata") -> None:
     """Raise a KeyError naming ``key`` when it is not an obs column."""
     if key not in adata.obs.columns:

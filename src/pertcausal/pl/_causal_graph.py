@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .._utils._validate import _list, check_choice, is_mudata
+from .._utils._validate import _list, check_choice, is_mudata, modality_holding_uns
 from ._imputation import _CBAR_PAD, _CBAR_W, MAX_TICKS, _cmap, _finish, _label_axis
 
 if TYPE_CHECKING:
@@ -34,15 +34,13 @@ def _graph_adata(data: AnnData | MuData, key: str, mod: str | None) -> tuple[Ann
             if mod not in data.mod:
                 raise KeyError(f"mod {mod!r} is not a modality of the MuData; modalities are: {_list(data.mod)}")
             return data.mod[mod], f"mdata[{mod!r}]"
-        having = [m for m in data.mod if key in data.mod[m].uns]
-        if len(having) > 1:
-            raise ValueError(f"the modalities {_list(having)} all hold uns[{key!r}]; pass mod= to choose one")
-        if not having:
-            raise KeyError(
-                f"key {key!r} is not in the uns of any modality of the MuData ({_HINT}, or pass mod=); "
-                f"modalities are: {_list(data.mod)}"
-            )
-        return data.mod[having[0]], f"mdata[{having[0]!r}]"
+        mod = modality_holding_uns(
+            data,
+            key,
+            missing=f"key {key!r} is not in the uns of any modality of the MuData ({_HINT}, or pass mod=); "
+            f"modalities are: {_list(data.mod)}",
+        )
+        return data.mod[mod], f"mdata[{mod!r}]"
     if isinstance(data, AnnData):
         return data, "adata"
     raise TypeError(f"data must be an AnnData or MuData, got {type(data).__name__}")

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from .._utils._validate import _list, is_mudata
+from .._utils._validate import _list, is_mudata, modality_holding_uns
 from ._imputation import _CBAR_PAD, _CBAR_W, MAX_TICKS, _cmap, _finish, _label_axis
 
 if TYPE_CHECKING:
@@ -53,16 +53,14 @@ def _probability_table(data: pd.DataFrame | AnnData | MuData, key: str, mod: str
             return _from_uns(data.mod[mod].uns, key, where), f"{where}.uns[{key!r}][{TABLE!r}]"
         if key in data.uns:
             return _from_uns(data.uns, key, "mdata"), f"mdata.uns[{key!r}][{TABLE!r}]"
-        having = [m for m in data.mod if key in data.mod[m].uns]
-        if len(having) > 1:
-            raise ValueError(f"the modalities {_list(having)} all hold uns[{key!r}]; pass mod= to choose one")
-        if not having:
-            raise KeyError(
-                f"key {key!r} is not in mdata.uns nor in the uns of any modality ({_HINT}); "
-                f"mdata.uns keys are: {_list(data.uns)}; modalities are: {_list(data.mod)}"
-            )
-        where = f"mdata[{having[0]!r}]"
-        return _from_uns(data.mod[having[0]].uns, key, where), f"{where}.uns[{key!r}][{TABLE!r}]"
+        mod = modality_holding_uns(
+            data,
+            key,
+            missing=f"key {key!r} is not in mdata.uns nor in the uns of any modality ({_HINT}); "
+            f"mdata.uns keys are: {_list(data.uns)}; modalities are: {_list(data.mod)}",
+        )
+        where = f"mdata[{mod!r}]"
+        return _from_uns(data.mod[mod].uns, key, where), f"{where}.uns[{key!r}][{TABLE!r}]"
     if isinstance(data, AnnData):
         return _from_uns(data.uns, key, "adata"), f"adata.uns[{key!r}][{TABLE!r}]"
     raise TypeError(
