@@ -197,3 +197,21 @@ def run_child(script: str, method: str, data: Path, argv: Sequence[str]) -> dict
         print(proc.stderr[-3000:])
         raise SystemExit(f"{method} failed")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def speed_parser(doc: str, *, name: str) -> Any:
+    """The options the speed benchmarks share (size, epochs, threads, device, work folder, output page, and the
+    hidden ``--method``/``--data`` of a child run); each script adds its own."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--cells", type=int, default=100_000)
+    ap.add_argument("--genes", type=int, default=2_000)
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--workdir", default=f"/tmp/pertcausal_{name}")
+    ap.add_argument("--method", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--data", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / f"{name}.md"))
+    return ap

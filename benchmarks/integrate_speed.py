@@ -19,7 +19,15 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, epoch_timer, machine_info, machine_markdown, markdown_table, print_timing, run_child
+from _common import (
+    epoch_timer,
+    machine_info,
+    machine_markdown,
+    markdown_table,
+    print_timing,
+    run_child,
+    speed_parser,
+)
 
 
 def run_method(args: argparse.Namespace) -> None:
@@ -69,17 +77,8 @@ def run_method(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cells", type=int, default=100_000)
-    ap.add_argument("--genes", type=int, default=2_000)
+    ap = speed_parser(__doc__, name="integrate_speed")
     ap.add_argument("--proteins", type=int, default=100)
-    ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--workdir", default="/tmp/pertcausal_integrate_speed")
-    ap.add_argument("--method", default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--data", default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "integrate_speed.md"))
     args = ap.parse_args()
     if args.method:
         run_method(args)
