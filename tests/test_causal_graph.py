@@ -241,6 +241,13 @@ def test_mudata_sparse_input_and_unmodelled_targets():
     assert model.regimes.loc["OFFPANEL", "modelled_targets"] == ""
     pred = pc.tl.predict_intervention(mdata, "gene0", n_samples=50)
     assert pred.shape == (1, 10)
+    # the modality holding the model is found once; two holders need mod=, none is a KeyError
+    two = md.MuData({"rna": mdata["rna"], "copy": mdata["rna"].copy()})
+    with pytest.raises(ValueError, match=r"'rna', 'copy'.*pass mod="):
+        pc.tl.predict_intervention(two, "gene0", n_samples=50)
+    assert pc.tl.predict_intervention(two, "gene0", mod="copy", n_samples=50).shape == (1, 10)
+    with pytest.raises(KeyError, match=r"no modality holds uns\['other'\]"):
+        pc.tl.predict_intervention(mdata, "gene0", key="other")
 
 
 def test_correlated_noise_captures_a_hidden_common_cause(tmp_path):

@@ -13,7 +13,16 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .._utils._validate import _list, check_choice, check_finite, get_matrix, get_modality, is_mudata, obs_column
+from .._utils._validate import (
+    _list,
+    check_choice,
+    check_finite,
+    get_matrix,
+    get_modality,
+    is_mudata,
+    modality_holding_uns,
+    obs_column,
+)
 from ._integrate import _accelerator
 
 if TYPE_CHECKING:
@@ -429,16 +438,10 @@ def _get_model(model_or_data: Any, key: str, mod: str | None) -> tuple[CausalGra
 
     if isinstance(model_or_data, CausalGraphModel):
         return model_or_data, None
-    if is_mudata(model_or_data):
-        if mod is None:
-            having = [m for m, a in model_or_data.mod.items() if key in a.uns]
-            if len(having) != 1:
-                raise ValueError(
-                    f"uns[{key!r}] is in modalities {_list(having)}; pass mod= to name the one to use"
-                    if having
-                    else f"no modality holds uns[{key!r}]; run pertcausal.tl.causal_graph first"
-                )
-            mod = having[0]
+    if is_mudata(model_or_data) and mod is None:
+        mod = modality_holding_uns(
+            model_or_data, key, missing=f"no modality holds uns[{key!r}]; run pertcausal.tl.causal_graph first"
+        )
     adata = get_modality(model_or_data, mod if is_mudata(model_or_data) else None)
     if key not in adata.uns:
         raise KeyError(f"uns[{key!r}] is missing (run pertcausal.tl.causal_graph first); uns keys: {_list(adata.uns)}")
