@@ -190,9 +190,10 @@ level and log2 time as the context part (`context_kernel="rbf"`), so that a comp
 nearby doses and times carry most weight, its options chosen inside every fold by validation on that
 fold's training pairs only (`select`: whole training conditions held out in turn when the queried
 condition has no training pair, as in split b, else held-out training pairs) among
-{select_text}; synthetic interventions (donor axis, control use and unit weighting chosen by validation
-on training pairs; with `unit_weight="equal"` every training compound counts the same in the
-regression); `nearest_context` (the compound's own effect in its most similar observed condition; with
+{select_text}.
+Synthetic interventions: donor axis, control use and unit weighting chosen by validation on training
+pairs (with `unit_weight="equal"` every training compound counts the same in the regression).
+Baselines: `nearest_context` (the compound's own effect in its most similar observed condition; with
 `k2` the two most similar); additive two-way model, means, soft-impute.
 
 ## (a) Held-out pairs, 10 folds stratified by condition
