@@ -111,6 +111,54 @@ class Prediction:
     variance: np.ndarray | None = None
 
 
+def validation_pairs(grid: Grid, n: int, seed: int) -> np.ndarray:
+    """Up to ``n`` observed rows whose perturbation keeps other observed pairs, and whose context does too
+    unless control baselines are known (a context with its control is then still described)."""
+    rng = np.random.default_rng(seed)
+    left_p = np.bincount(grid.pert, minlength=grid.n_perts)
+    left_c = np.bincount(grid.ctx, minlength=grid.n_contexts)
+    out: list[int] = []
+    for i in rng.permutation(grid.n_obs):
+        if len(out) == n:
+            break
+        if left_p[grid.pert[i]] > 1 and (grid.baseline is not None or left_c[grid.ctx[i]] > 1):
+            out.append(int(i))
+            left_p[grid.pert[i]] -= 1
+            left_c[grid.ctx[i]] -= 1
+    return np.asarray(out, dtype=np.int64)
+
+
+def validation_folds(
+    grid: Grid, qp: np.ndarray, qc: np.ndarray, *, n_validation: int = 200, max_folds: int = 10, seed: int = 0
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(training rows, held-out rows) splits of the observed pairs that mimic the queried pairs.
+
+    Only which pairs are queried is used, never their values. When a queried context has no training
+    pair (a context held out entirely), every training context is held out in turn (at most ``max_folds``
+    of them, drawn with ``seed``); when a queried perturbation has none, perturbations are held out in
+    ``max_folds`` groups; otherwise one split holds out up to ``n_validation`` pairs (at most a fifth)
+    whose perturbation and context keep other pairs. Folds that would leave nothing to train on are dropped.
+    """
+    rng = np.random.default_rng(seed)
+    seen_c = np.bincount(grid.ctx, minlength=grid.n_contexts) > 0
+    seen_p = np.bincount(grid.pert, minlength=grid.n_perts) > 0
+    rows = np.arange(grid.n_obs)
+    if len(qc) and not seen_c[np.asarray(qc)].all():
+        groups = np.flatnonzero(seen_c)
+        groups = rng.permutation(groups)[:max_folds]
+        folds = [(rows[grid.ctx != g], rows[grid.ctx == g]) for g in np.sort(groups)]
+    elif len(qp) and not seen_p[np.asarray(qp)].all():
+        groups = rng.permutation(np.flatnonzero(seen_p))
+        assign = np.full(grid.n_perts, -1)
+        assign[groups] = np.arange(len(groups)) % max_folds
+        fold = assign[grid.pert]
+        folds = [(rows[fold != f], rows[fold == f]) for f in range(min(max_folds, len(groups)))]
+    else:
+        val = validation_pairs(grid, min(n_validation, max(1, grid.n_obs // 5)), seed)
+        folds = [(np.setdiff1d(rows, val), val)] if len(val) else []
+    return [(tr, va) for tr, va in folds if len(tr) and len(va)]
+
+
 def group_agreement(grid: Grid, axis: str) -> np.ndarray:
     """How much the observed effects of every perturbation (``"pert"``) or context (``"ctx"``) agree.
 

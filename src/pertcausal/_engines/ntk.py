@@ -24,14 +24,16 @@ never ``O(n^2)``; predictions are written block by block into one preallocated n
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from .._utils._device import import_torch, resolve_device
-from ._grid import Grid, Prediction
+from ._grid import Grid, Prediction, validation_folds
 
 _GRAM_BUDGET_BYTES = 2 * 1024**3  # perturbation x column Gram kept on the device when under this size
 
@@ -97,6 +99,8 @@ def feature_prior(
     context_prior: str = "auto",
     reference_context: int | None = None,
     context_weight: float = 0.75,
+    context_kernel: str = "linear",
+    context_lengthscale: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Unit-norm perturbation features and context features built from training data only.
 
@@ -105,6 +109,12 @@ def feature_prior(
     (``"mean_effect"``), else the global mean effect for a perturbation never measured.
     Context part: user features, else the centred control baseline (``"baseline"``), else the
     context's mean effect over its training pairs (``"mean_effect"``); scaled by ``context_weight``.
+    With ``context_kernel="linear"`` (the reference) the context part is that vector, centred and
+    scaled to unit norm. With ``"rbf"`` it is a vector whose inner products are the Gaussian kernel
+    ``exp(-|x_i - x_j|^2 / (2 context_lengthscale^2))`` between the contexts' vectors ``x`` (user features
+    as given, in their own units; otherwise the unit-norm vectors above), the symmetric square root of
+    that ``n_contexts x n_contexts`` Gram matrix: nearby contexts (e.g. the same time at the next
+    dose) look alike and distance, not only direction, counts.
     """
     global_mean = grid.y.mean(0)
     if grid.pert_features is not None:
@@ -126,10 +136,16 @@ def feature_prior(
         context_prior = (
             "features" if grid.ctx_features is not None else "baseline" if grid.baseline is not None else "mean_effect"
         )
+    if context_kernel not in ("linear", "rbf"):
+        raise ValueError(f"unknown context_kernel {context_kernel!r}; expected 'linear' or 'rbf'")
+    if not context_lengthscale > 0:
+        raise ValueError(f"context_lengthscale must be > 0, got {context_lengthscale}")
     if context_prior == "features":
         if grid.ctx_features is None:
             raise ValueError("context_prior='features' needs context features")
         cf = np.asarray(grid.ctx_features, dtype=np.float64)
+        if context_kernel == "rbf":
+            return _unit(pf), context_weight * _rbf_root(cf, context_lengthscale)
         cf = cf - cf.mean(0)
     elif context_prior == "baseline":
         if grid.baseline is None:
@@ -143,7 +159,19 @@ def feature_prior(
         raise ValueError(
             f"unknown context_prior {context_prior!r}; expected 'auto', 'baseline', 'mean_effect' or 'features'"
         )
+    if context_kernel == "rbf":
+        return _unit(pf), context_weight * _rbf_root(_unit(cf), context_lengthscale)
     return _unit(pf), context_weight * _unit(cf)
+
+
+def _rbf_root(x: np.ndarray, lengthscale: float) -> np.ndarray:
+    """Rows ``r_i`` with ``<r_i, r_j> = exp(-|x_i - x_j|^2 / (2 lengthscale^2))`` (symmetric Gram square root)."""
+    x = np.asarray(x, dtype=np.float64)
+    sq = (x * x).sum(1)
+    d2 = np.maximum(sq[:, None] + sq[None, :] - 2.0 * (x @ x.T), 0.0)
+    gram = np.exp(-0.5 * d2 / lengthscale**2)
+    vals, vecs = np.linalg.eigh(gram)
+    return (vecs * np.sqrt(np.clip(vals, 0.0, None))) @ vecs.T
 
 
 class _ColumnKernel:
@@ -155,20 +183,27 @@ class _ColumnKernel:
     """
 
     def __init__(self, pf: np.ndarray, cf: np.ndarray, nugget: float, col_p: np.ndarray, col_c: np.ndarray,
-                 depth: int, dtype: Any, device: Any) -> None:
+                 depth: int, dtype: Any, device: Any, identity: float = 0.0) -> None:
         torch = import_torch()
         self.depth, self.dtype, self.device = depth, dtype, device
-        self.pn2, self.cn2, self.s2 = (pf * pf).sum(1), (cf * cf).sum(1), float(nugget) ** 2
+        self.t2 = float(identity) ** 2  # private coordinate per perturbation, shared by its rows
+        self.pn2, self.cn2, self.s2 = (pf * pf).sum(1) + self.t2, (cf * cf).sum(1), float(nugget) ** 2
         inv_r = self.inv_norm(col_p, col_c)
         self.n_cols = len(col_p)
         self._cols = (pf[col_p] * inv_r[:, None], cf[col_c] * inv_r[:, None])
+        self._col_p, self._inv_r = col_p, inv_r
         itemsize = torch.empty((), dtype=dtype).element_size()
         self.gram = pf.shape[0] * self.n_cols * itemsize <= _GRAM_BUDGET_BYTES
         if self.gram:
-            self.gp = self._to(pf @ (pf[col_p] * inv_r[:, None]).T)
+            gp = pf @ (pf[col_p] * inv_r[:, None]).T
+            if self.t2:
+                gp[col_p, np.arange(self.n_cols)] += self.t2 * inv_r
+            self.gp = self._to(gp)
         else:  # features of the columns only; blocks are products with the rows' features
             self.pf = self._to(pf)
             self.pcols = self._to(pf[col_p] * inv_r[:, None])
+            self.col_p = torch.as_tensor(col_p, device=device)
+            self.t2_cols = self._to(self.t2 * inv_r)
         self.gc = self._to(cf @ (cf[col_c] * inv_r[:, None]).T)
 
     def _to(self, a: np.ndarray) -> Any:
@@ -189,6 +224,8 @@ class _ColumnKernel:
             s = self.gp.index_select(0, pt)
         else:
             s = self.pf.index_select(0, pt) @ self.pcols.T
+            if self.t2:
+                s.add_((pt[:, None] == self.col_p[None, :]).to(self.dtype) * self.t2_cols[None, :])
         s.add_(self.gc.index_select(0, ct))
         s.mul_(torch.as_tensor(self.inv_norm(p, c), device=self.device).to(self.dtype)[:, None])
         return s
@@ -201,6 +238,9 @@ class _ColumnKernel:
         torch = import_torch()
         xp, xc = self._cols
         cos = xp @ xp.T + xc @ xc.T
+        if self.t2:
+            same = self._col_p[:, None] == self._col_p[None, :]
+            cos = cos + same * (self.t2 * np.outer(self._inv_r, self._inv_r))
         return _ntk_relu_(torch.as_tensor(cos, device=self.device), self.depth)
 
     def diag_smooth(self, p: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -348,6 +388,9 @@ def fit_ntk(
     context_prior: str = "auto",
     reference_context: int | None = None,
     context_weight: float = 0.75,
+    context_kernel: str = "linear",
+    context_lengthscale: float = 1.0,
+    perturbation_identity: float = 0.0,
     nugget: float = 1.5,
     ridge: float = 0.0,
     center: bool = True,
@@ -386,9 +429,12 @@ def fit_ntk(
         jitter = 1e-6 if dtype == "float32" else 1e-10
 
     t0 = time.perf_counter()
+    if perturbation_identity < 0:
+        raise ValueError(f"perturbation_identity must be >= 0, got {perturbation_identity}")
     pf, cf = feature_prior(
         grid, perturbation_prior=perturbation_prior, context_prior=context_prior,
-        reference_context=reference_context, context_weight=context_weight,
+        reference_context=reference_context, context_weight=context_weight, context_kernel=context_kernel,
+        context_lengthscale=context_lengthscale,
     )
     mean_np = grid.y.mean(0) if center else np.zeros(grid.n_genes)
     n, g = grid.n_obs, grid.n_genes
@@ -400,7 +446,7 @@ def fit_ntk(
 
     d_alpha, train_keys, factors = None, grid.pert * grid.n_contexts + grid.ctx, None
     if solver == "exact":
-        kern = _ColumnKernel(pf, cf, nugget, grid.pert, grid.ctx, depth, f64, dev)
+        kern = _ColumnKernel(pf, cf, nugget, grid.pert, grid.ctx, depth, f64, dev, perturbation_identity)
         k = torch.empty((n, n), dtype=f64, device=dev)
         for s in range(0, n, block_size):
             e = min(s + block_size, n)
@@ -415,13 +461,13 @@ def fit_ntk(
         factors = ("exact", chol, d_priv) if posterior_variance else None
         del chol
         if tdtype != f64:
-            kern = _ColumnKernel(pf, cf, nugget, grid.pert, grid.ctx, depth, tdtype, dev)
+            kern = _ColumnKernel(pf, cf, nugget, grid.pert, grid.ctx, depth, tdtype, dev, perturbation_identity)
         alpha = alpha64.to(tdtype)
         del alpha64
     else:
         m = min(n_centers, n)
         idx = np.sort(np.random.default_rng(seed).choice(n, size=m, replace=False))
-        kern = _ColumnKernel(pf, cf, nugget, grid.pert[idx], grid.ctx[idx], depth, tdtype, dev)
+        kern = _ColumnKernel(pf, cf, nugget, grid.pert[idx], grid.ctx[idx], depth, tdtype, dev, perturbation_identity)
         kmm = kern.columns_block64()
         # float64 accumulation of A = K_mn K_nm (lower triangle by BLAS syrk on the CPU) and B = K_mn Y
         a_np = np.zeros((m, m), order="F") if dev.type == "cpu" else None
@@ -473,6 +519,9 @@ def ntk(
     context_prior: str = "auto",
     reference_context: int | None = None,
     context_weight: float = 0.75,
+    context_kernel: str = "linear",
+    context_lengthscale: float = 1.0,
+    perturbation_identity: float = 0.0,
     nugget: float = 1.5,
     ridge: float = 0.0,
     center: bool = True,
@@ -486,6 +535,8 @@ def ntk(
     seed: int = 0,
     progress: bool = False,
     posterior_variance: bool | None = None,
+    select: Mapping[str, Sequence[Any]] | None = None,
+    n_validation: int = 200,
     **_: object,
 ) -> Prediction:
     """Predict queried pairs by NTK kernel regression on feature priors.
@@ -494,8 +545,16 @@ def ntk(
     ----------
     depth
         Number of hidden layers of the ReLU network whose NTK is used.
-    perturbation_prior, context_prior, reference_context, context_weight
-        How the feature prior is built (:func:`feature_prior`).
+    perturbation_prior, context_prior, reference_context, context_weight, context_kernel, context_lengthscale
+        How the feature prior is built (:func:`feature_prior`). ``context_kernel="rbf"`` compares
+        contexts by a Gaussian kernel of their features (e.g. dose and log time) with length scale
+        ``context_lengthscale``, so that a context never observed borrows from the nearest observed ones.
+    perturbation_identity
+        Weight ``t`` of a private coordinate per perturbation, shared by all of its rows (a one-hot
+        block ``t * e_p`` appended to the perturbation part, applied analytically like the nugget). With
+        ``t > 0`` a pair's own perturbation measured in other contexts counts more than other
+        perturbations with similar features: the kernel transports a perturbation's effects across
+        contexts. ``0`` (the default) is the reference prior.
     nugget
         Scale ``s`` of the private identity block of the reference (conditioning of the kernel).
     ridge
@@ -525,6 +584,17 @@ def ntk(
         Also return the posterior variance of every queried pair (:meth:`NTKFit.variance`) and the
         reliability ``1 - variance``. ``None`` does so when it costs at most about as much as the
         fit (``len(qp) * n_columns^2 <= 1e12`` operations, ``n_columns`` the training pairs or centres).
+    select
+        Candidate values of options to choose by validation on the training pairs only, e.g.
+        ``{"nugget": [0.5, 1.5], "perturbation_identity": [0, 2]}``: every combination is fitted on part of
+        the training pairs and scored on the rest (:func:`validation_folds`: whole training contexts held out
+        in turn when a queried context has no training pair, whole perturbations when a queried perturbation
+        has none, else up to ``n_validation`` held-out pairs); the combination with the highest mean
+        Pearson correlation (across genes) of held-out effects is then fitted on all training pairs.
+        ``info["selected"]`` and ``info["validation_score"]`` record the choice. The queried pairs are
+        never looked at, only which pairs are queried.
+    n_validation
+        Number of held-out training pairs when ``select`` validates on pairs.
 
     Returns
     -------
@@ -532,22 +602,84 @@ def ntk(
     ``variance`` and ``reliability`` the posterior variance (relative to the prior) and one minus it,
     and ``info`` records the solver, sizes, regularisation and timings.
     """
+    options = {
+        "depth": depth, "perturbation_prior": perturbation_prior, "context_prior": context_prior,
+        "reference_context": reference_context, "context_weight": context_weight, "context_kernel": context_kernel,
+        "context_lengthscale": context_lengthscale, "perturbation_identity": perturbation_identity, "nugget": nugget,
+        "ridge": ridge, "center": center,
+    }
+    selected, scores = None, None
+    if select:
+        unknown = sorted(set(select) - set(options))
+        if unknown:
+            raise ValueError(f"select: unknown NTK option(s) {unknown}; expected some of {sorted(options)}")
+        fixed = {"solver": solver, "max_exact": max_exact, "n_centers": n_centers, "block_size": block_size,
+                 "device": device, "dtype": dtype, "jitter": jitter, "seed": seed}
+        selected, scores = _select(grid, qp, qc, options, select, fixed, n_validation=n_validation, seed=seed)
+        options.update(selected)
     if posterior_variance is None:
         n_cols = grid.n_obs if (solver == "exact" or (solver == "auto" and grid.n_obs <= max_exact)) else n_centers
         posterior_variance = len(qp) * float(min(n_cols, grid.n_obs)) ** 2 <= 1e12
     fitted = fit_ntk(
-        grid, depth=depth, perturbation_prior=perturbation_prior, context_prior=context_prior,
-        reference_context=reference_context, context_weight=context_weight, nugget=nugget, ridge=ridge,
-        center=center, solver=solver, max_exact=max_exact, n_centers=n_centers, block_size=block_size,
+        grid, **options, solver=solver, max_exact=max_exact, n_centers=n_centers, block_size=block_size,
         device=device, dtype=dtype, jitter=jitter, seed=seed, progress=progress,
         posterior_variance=posterior_variance,
     )
     t1 = time.perf_counter()
     values = fitted.predict(qp, qc, progress=progress)
     info = dict(fitted.info, seconds_predict=time.perf_counter() - t1)
+    if selected is not None:
+        info.update(selected=selected, validation_score=scores)
     variance = None
     if posterior_variance:
         t2 = time.perf_counter()
         variance = fitted.variance(qp, qc, progress=progress)
         info["seconds_variance"] = time.perf_counter() - t2
     return Prediction(values, None if variance is None else 1.0 - variance, info=info, variance=variance)
+
+
+def _select(
+    grid: Grid,
+    qp: np.ndarray,
+    qc: np.ndarray,
+    options: dict[str, Any],
+    select: Mapping[str, Sequence[Any]],
+    fixed: dict[str, Any],
+    *,
+    n_validation: int,
+    seed: int,
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """The combination of ``select``'s candidate values with the best validation score on training pairs.
+
+    Score: mean Pearson correlation across genes between held-out and predicted effects, over the
+    held-out pairs of every validation fold (:func:`validation_folds`). Ties keep the first combination.
+    """
+    names = list(select)
+    combos = [dict(zip(names, values)) for values in itertools.product(*(list(select[n]) for n in names))]
+    if not combos:
+        raise ValueError("select: every option needs at least one candidate value")
+    folds = validation_folds(grid, qp, qc, n_validation=n_validation, seed=seed)
+    if len(combos) == 1 or not folds:
+        return combos[0], {}
+    scores: dict[str, float] = {}
+    best, best_score = combos[0], -np.inf
+    for combo in combos:
+        total, count = 0.0, 0
+        for train, val in folds:
+            sub = grid.subset(train)
+            pred = fit_ntk(sub, **{**options, **combo}, **fixed).predict(grid.pert[val], grid.ctx[val])
+            r = _row_pearson(grid.y[val], np.asarray(pred, dtype=np.float64))
+            total += float(np.nansum(r))
+            count += int(np.isfinite(r).sum())
+        score = total / count if count else -np.inf
+        scores[", ".join(f"{k}={v}" for k, v in combo.items())] = score
+        if score > best_score:
+            best, best_score = combo, score
+    return best, scores
+
+
+def _row_pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a - a.mean(1, keepdims=True)
+    b = b - b.mean(1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (a * b).sum(1) / np.sqrt((a * a).sum(1) * (b * b).sum(1))

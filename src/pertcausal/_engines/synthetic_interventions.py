@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._grid import Grid, Prediction
+from ._grid import Grid, Prediction, validation_pairs
 
 
 def _rank_for_energy(s2: np.ndarray, energy: float) -> int:
@@ -40,18 +40,27 @@ def _right_basis(xc: np.ndarray, energy: float) -> tuple[np.ndarray, np.ndarray]
     return v[:, :k].T, s2[:k]
 
 
-def _hsvt_fit(x: np.ndarray, y: np.ndarray, energy: float) -> tuple[np.ndarray, float, np.ndarray]:
+def _hsvt_fit(
+    x: np.ndarray, y: np.ndarray, energy: float, weights: np.ndarray | None = None
+) -> tuple[np.ndarray, float, np.ndarray]:
     """Principal component regression with an intercept, keeping the singular values that carry ``energy``.
 
-    ``energy=1`` is ordinary least squares (minimum-norm when rank deficient). Returns the
-    coefficients, the intercept and the kept right singular vectors (for subspace inclusion).
+    ``energy=1`` is ordinary least squares (minimum-norm when rank deficient). ``weights`` (one per row,
+    optional) makes it weighted least squares: rows are scaled by ``sqrt(weights)`` around the weighted
+    means. Returns the coefficients, the intercept and the kept right singular vectors (for subspace inclusion).
     """
-    xm, ym = x.mean(0), y.mean()
-    xc = x - xm
+    if weights is None:
+        xm, ym = x.mean(0), y.mean()
+        xc, yc = x - xm, y - ym
+    else:
+        w = weights / weights.sum()
+        xm, ym = w @ x, float(w @ y)
+        sw = np.sqrt(weights)[:, None]
+        xc, yc = (x - xm) * sw, (y - ym) * sw[:, 0]
     vt, s2 = _right_basis(xc, energy)
     if vt.shape[0] == 0:
         return np.zeros(x.shape[1]), float(ym), vt
-    beta = vt.T @ ((vt @ (xc.T @ (y - ym))) / s2)
+    beta = vt.T @ ((vt @ (xc.T @ yc)) / s2)
     return beta, float(ym - xm @ beta), vt
 
 
@@ -66,44 +75,35 @@ def _inclusion(x_test: np.ndarray, v_train: np.ndarray, energy: float) -> float:
     return float(max(0.0, 1.0 - (resid**2).sum() / vt.shape[0]))
 
 
-def _validation_pairs(grid: Grid, n: int, seed: int) -> np.ndarray:
-    """Up to ``n`` observed rows whose perturbation keeps other observed pairs, and whose context does too
-    unless control baselines are known (a context with its control is then still described)."""
-    rng = np.random.default_rng(seed)
-    left_p = np.bincount(grid.pert, minlength=grid.n_perts)
-    left_c = np.bincount(grid.ctx, minlength=grid.n_contexts)
-    out: list[int] = []
-    for i in rng.permutation(grid.n_obs):
-        if len(out) == n:
-            break
-        if left_p[grid.pert[i]] > 1 and (grid.baseline is not None or left_c[grid.ctx[i]] > 1):
-            out.append(int(i))
-            left_p[grid.pert[i]] -= 1
-            left_c[grid.ctx[i]] -= 1
-    return np.asarray(out, dtype=np.int64)
+def _label(option: tuple[str, bool, str]) -> str:
+    d, c, w = option
+    return f"{d}{'+control' if c else ''}{'+equal_units' if w == 'equal' else ''}"
 
 
-def _choose(grid: Grid, donors: list[str], controls: list[bool], *, n_validation: int, seed: int, **kw) -> tuple:
-    """Pick the donor axis and control use with the lowest relative error on held-out training pairs.
+def _choose(
+    grid: Grid, options: list[tuple[str, bool, str]], *, n_validation: int, seed: int, **kw
+) -> tuple[tuple[str, bool, str], dict[str, float]]:
+    """Pick the (donor axis, control use, unit weighting) with the lowest relative error on held-out training pairs.
 
     The first option is kept when no training pair can be held out.
     """
-    options = [(d, c) for d in donors for c in controls]
     if len(options) == 1:
         return options[0], {}
-    val = _validation_pairs(grid, min(n_validation, max(1, grid.n_obs // 5)), seed)
+    val = validation_pairs(grid, min(n_validation, max(1, grid.n_obs // 5)), seed)
     if len(val) == 0:
         return options[0], {}
     train = grid.subset(np.setdiff1d(np.arange(grid.n_obs), val))
     truth = grid.y[val]
     norm = (truth * truth).sum(1)
     errors = {}
-    for d, c in options:
-        pred = synthetic_interventions(train, grid.pert[val], grid.ctx[val], donor=d, use_control=c, **kw).values
+    for d, c, w in options:
+        pred = synthetic_interventions(
+            train, grid.pert[val], grid.ctx[val], donor=d, use_control=c, unit_weight=w, **kw
+        ).values
         with np.errstate(invalid="ignore", divide="ignore"):
-            errors[(d, c)] = float(np.nanmean(((pred - truth) ** 2).sum(1) / norm))
+            errors[(d, c, w)] = float(np.nanmean(((pred - truth) ** 2).sum(1) / norm))
     best = min(options, key=lambda o: (np.nan_to_num(errors[o], nan=np.inf), options.index(o)))
-    return best, {f"{d}{'+control' if c else ''}": e for (d, c), e in errors.items()}
+    return best, {_label(o): e for o, e in errors.items()}
 
 
 def synthetic_interventions(
@@ -115,6 +115,7 @@ def synthetic_interventions(
     energy: float = 1.0,
     max_donors: int = 50,
     use_control: bool | str = "auto",
+    unit_weight: str = "auto",
     n_validation: int = 200,
     seed: int = 0,
     progress: bool = False,
@@ -134,6 +135,13 @@ def synthetic_interventions(
     use_control
         Treat the control as an action measured everywhere and regress levels (control + effect)
         instead of effects (needs ``grid.baseline``); ``"auto"`` chooses by validation.
+    unit_weight
+        How the training units (contexts for ``donor="action"``, perturbations for ``"context"``) are
+        weighted in the regression: ``"none"`` (the reference: every stacked gene row counts the same, so
+        units with large effects dominate the fit), ``"equal"`` (weighted least squares in which every unit
+        counts the same: its rows are weighted by one over the mean squared norm of its donor and target
+        outcomes, matching errors measured relative to each pair's effect), or ``"auto"``: chosen by
+        validation.
     n_validation
         With ``"auto"`` choices, up to this many training pairs (at most a fifth; their perturbation
         and context keep other pairs) are held out, predicted from the rest with every candidate setting, and the
@@ -146,12 +154,16 @@ def synthetic_interventions(
         raise ValueError(f"unknown donor {donor!r}; expected 'auto', 'action' or 'context'")
     if use_control not in ("auto", True, False):
         raise ValueError(f"unknown use_control {use_control!r}; expected 'auto', True or False")
+    if unit_weight not in ("auto", "none", "equal"):
+        raise ValueError(f"unknown unit_weight {unit_weight!r}; expected 'auto', 'none' or 'equal'")
     donors = ["action", "context"] if donor == "auto" else [donor]
     controls = [True, False] if use_control == "auto" else [bool(use_control)]
     if grid.baseline is None:
         controls = [False]
+    weightings = ["none", "equal"] if unit_weight == "auto" else [unit_weight]
+    options = [(d, c, w) for d in donors for c in controls for w in weightings]
     kw = {"energy": energy, "max_donors": max_donors}
-    (donor, with_control), val_err = _choose(grid, donors, controls, n_validation=n_validation, seed=seed, **kw)
+    (donor, with_control, unit_weight), val_err = _choose(grid, options, n_validation=n_validation, seed=seed, **kw)
     n_a = grid.n_perts + (1 if with_control else 0)
     # outcome rows: observed pairs first, then (with the control) one control row per context;
     # levels (control + effect) are gathered per query, never materialised for the whole grid
@@ -216,10 +228,20 @@ def synthetic_interventions(
         x = outcome(index[np.ix_(d, units)].T)  # (units, donors, genes)
         x = x.transpose(0, 2, 1).reshape(-1, len(d))
         y = outcome(index[t, units]).reshape(-1)
-        beta, b0, v = _hsvt_fit(x, y, energy)
+        weights = None
+        if unit_weight == "equal":  # one over each unit's mean squared outcome norm, repeated over its genes
+            ms = ((x * x).reshape(len(units), -1).sum(1) + (y * y).reshape(len(units), -1).sum(1)) / (len(d) + 1)
+            weights = np.repeat(1.0 / np.maximum(ms, np.finfo(float).tiny), grid.n_genes)
+        beta, b0, v = _hsvt_fit(x, y, energy, weights)
         x_q = outcome(index[d, u]).T  # (genes, n_donors)
         out[i] = x_q @ beta + b0 - base
         reliability[i] = _inclusion(x_q, v, energy)
         n_donors[i] = len(d)
-    info = {"n_donors": n_donors, "donor": donor, "use_control": with_control, "validation_error": val_err}
+    info = {
+        "n_donors": n_donors,
+        "donor": donor,
+        "use_control": with_control,
+        "unit_weight": unit_weight,
+        "validation_error": val_err,
+    }
     return Prediction(out, reliability, info=info)

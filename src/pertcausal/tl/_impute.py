@@ -68,8 +68,9 @@ def impute(
     random_state
         Seed of the randomised parts (Nystrom centres, SVD sketches).
     **method_kwargs
-        Options of the method's engine (e.g. ``depth``, ``solver`` for ``"ntk"``; ``donor``,
-        ``energy`` for ``"synthetic_interventions"``; ``rank`` for ``"soft_impute"``).
+        Options of the method's engine (e.g. ``depth``, ``solver``, ``perturbation_identity``,
+        ``context_kernel``, ``select`` for ``"ntk"``; ``donor``, ``energy``, ``unit_weight`` for
+        ``"synthetic_interventions"``; ``rank`` for ``"soft_impute"``).
 
     Returns
     -------
