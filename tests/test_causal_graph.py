@@ -150,6 +150,7 @@ def test_outputs_and_uns_round_trip(linear, tmp_path):
     adata, models = linear
     entry = adata.uns["dcdfg"]
     assert entry["params"]["method"] == "dcdfg"
+    assert entry["params"]["graph_lr"] == 1e-2
     assert list(entry["regimes"].index[entry["regimes"]["heldout"]]) == _held(adata)
     assert {"phase", "nll_per_gene", "acyclicity", "n_edges"} <= set(entry["history"].columns)
     inputs, outputs = adata.varm["dcdfg_inputs"], adata.varm["dcdfg_outputs"]
@@ -280,6 +281,18 @@ def test_correlated_noise_captures_a_hidden_common_cause(tmp_path):
         np.testing.assert_allclose(other.nll_per_cell(X), models[2].nll_per_cell(X), rtol=1e-6)
 
 
+def test_graph_lr_is_the_edge_logits_rate():
+    adata = _sim(n_genes=8, n_modules=2, n_regimes=4, n_cells_per_regime=50)
+    steps = 3 * int(np.ceil(adata.n_obs / 256))  # 3 epochs of minibatches of 256
+    logits = {}
+    for glr in (1e-4, 1e-2):
+        model = pc.tl.causal_graph(adata, **KEY, n_modules=2, max_epochs=3, finetune_epochs=0, graph_lr=glr, **FAST)
+        logits[glr] = np.abs(model.net.edge_logits.detach().numpy()).max()
+    # Adam moves a parameter by at most about lr per step, from logits that start at 0
+    assert logits[1e-4] <= 1.1e-4 * steps
+    assert logits[1e-2] > 10 * logits[1e-4]
+
+
 # -- errors ------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("kwargs", "err", "match"),
@@ -296,6 +309,7 @@ def test_correlated_noise_captures_a_hidden_common_cause(tmp_path):
         ({"noise_rank": 2, "method": "gaussian"}, ValueError, "noise_rank=2 applies to the graph methods"),
         ({"method": "pc"}, ValueError, "method"),
         ({"layer": "counts"}, KeyError, "layer 'counts'"),
+        ({"graph_lr": 0.0}, ValueError, "graph_lr=0.0"),
     ],
 )
 def test_errors_leave_data_unchanged(kwargs, err, match):
