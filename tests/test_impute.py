@@ -399,3 +399,27 @@ def test_si_equal_unit_weight_is_weighted_least_squares():
     assert auto.info["unit_weight"] in ("none", "equal") and len(auto.info["validation_error"]) == 2
     with pytest.raises(ValueError, match="unknown unit_weight 'rows'"):
         si(grid, *q, unit_weight="rows")
+    # reliability: the weighted donor-fit R^2 (by hand) times the subspace inclusion (1 under least squares)
+    res = y - x @ beta[:2] - beta[2]
+    r2 = 1.0 - (w @ res**2) / (w @ (y - (w @ y) / w.sum()) ** 2)
+    assert equal.info["inclusion"][0] == pytest.approx(1.0)
+    assert equal.info["donor_fit_r2"][0] == pytest.approx(r2, abs=1e-10)
+    assert equal.reliability[0] == pytest.approx(r2, abs=1e-10)
+
+
+@pytest.mark.realdata
+def test_synthetic_interventions_reliability_ranks_errors_on_tggates(tggates_arrays):
+    # TG-GATEs, 10-fold held-out pairs: the subspace inclusion alone is 1 for every pair (uninformative);
+    # with the donor-fit R^2 the more reliable half of the predictions has the smaller relative error
+    sig = pc.pp.signatures(
+        tggates_arrays, perturbation_key="perturbation", context_key=["dose_level", "time"], control="control",
+        control_match=["matched_drug", "time"], replicate_key="replicate", min_cells=1,
+    )  # fmt: skip
+    res = pc.tl.evaluate_imputation(
+        sig, methods={"synthetic_interventions": {}}, holdout="pair", n_folds=10, top_k=20, progress_bar=False
+    )
+    rel, err = res["reliability"], res["rel_error"]
+    assert rel.std() > 0.05
+    assert rel.corr(err, method="spearman") < -0.25  # -0.35 on the benchmark's folds
+    half = rel >= rel.median()
+    assert err[half].mean() < err[~half].mean() - 0.08  # 0.62 against 0.75

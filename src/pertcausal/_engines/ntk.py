@@ -182,8 +182,18 @@ class _ColumnKernel:
     perturbation Gram would be too large it is replaced by a product with the columns' features.
     """
 
-    def __init__(self, pf: np.ndarray, cf: np.ndarray, nugget: float, col_p: np.ndarray, col_c: np.ndarray,
-                 depth: int, dtype: Any, device: Any, identity: float = 0.0) -> None:
+    def __init__(
+        self,
+        pf: np.ndarray,
+        cf: np.ndarray,
+        nugget: float,
+        col_p: np.ndarray,
+        col_c: np.ndarray,
+        depth: int,
+        dtype: Any,
+        device: Any,
+        identity: float = 0.0,
+    ) -> None:
         torch = import_torch()
         self.depth, self.dtype, self.device = depth, dtype, device
         self.t2 = float(identity) ** 2  # private coordinate per perturbation, shared by its rows
@@ -288,9 +298,22 @@ class NTKFit:
     (e.g. chunks of a grid too large to hold) reuses the fit.
     """
 
-    def __init__(self, *, kern: _ColumnKernel, alpha: Any, mean: Any, dtype: str, device: Any, block_size: int,
-                 info: dict, n_contexts: int, train_keys: np.ndarray | None = None, d_alpha: Any = None,
-                 factors: tuple | None = None, k1: float = 1.0) -> None:
+    def __init__(
+        self,
+        *,
+        kern: _ColumnKernel,
+        alpha: Any,
+        mean: Any,
+        dtype: str,
+        device: Any,
+        block_size: int,
+        info: dict,
+        n_contexts: int,
+        train_keys: np.ndarray | None = None,
+        d_alpha: Any = None,
+        factors: tuple | None = None,
+        k1: float = 1.0,
+    ) -> None:
         self.kern, self.alpha, self.mean, self.dtype, self.device = kern, alpha, mean, dtype, device
         self.block_size, self.info, self.n_contexts = block_size, info, n_contexts
         self.train_keys, self.d_alpha, self.factors, self.k1 = train_keys, d_alpha, factors, k1
@@ -343,8 +366,9 @@ class NTKFit:
             del kq
         return out
 
-    def predict(self, qp: np.ndarray, qc: np.ndarray, *, out: np.ndarray | None = None,
-                progress: bool = False) -> np.ndarray:
+    def predict(
+        self, qp: np.ndarray, qc: np.ndarray, *, out: np.ndarray | None = None, progress: bool = False
+    ) -> np.ndarray:
         """Predicted effects of the pairs ``(qp[i], qc[i])``, written block by block into ``out``.
 
         ``out`` (optional) is a preallocated ``(len(qp), n_genes)`` C-contiguous array of the fit's dtype.
@@ -358,8 +382,9 @@ class NTKFit:
         if out is None:
             out = np.empty(shape, dtype=np.dtype(self.dtype))
         elif out.shape != shape or out.dtype != np.dtype(self.dtype) or not out.flags.c_contiguous:
-            raise ValueError(f"out must be a C-contiguous {self.dtype} array of shape {shape}, "
-                             f"got {out.dtype} {out.shape}")
+            raise ValueError(
+                f"out must be a C-contiguous {self.dtype} array of shape {shape}, got {out.dtype} {out.shape}"
+            )
         starts = range(0, len(qp), self.block_size)
         for s in track(starts, enabled=progress, description="NTK predict", total=len(starts)):
             e = min(s + self.block_size, len(qp))
@@ -432,8 +457,12 @@ def fit_ntk(
     if perturbation_identity < 0:
         raise ValueError(f"perturbation_identity must be >= 0, got {perturbation_identity}")
     pf, cf = feature_prior(
-        grid, perturbation_prior=perturbation_prior, context_prior=context_prior,
-        reference_context=reference_context, context_weight=context_weight, context_kernel=context_kernel,
+        grid,
+        perturbation_prior=perturbation_prior,
+        context_prior=context_prior,
+        reference_context=reference_context,
+        context_weight=context_weight,
+        context_kernel=context_kernel,
         context_lengthscale=context_lengthscale,
     )
     mean_np = grid.y.mean(0) if center else np.zeros(grid.n_genes)
@@ -504,9 +533,20 @@ def fit_ntk(
         del lchol, mchol, w, b
         info.update(n_centers=m, **{"lambda": lam, "jitter_kmm": used_mm, "jitter_system": used_sys})
     info["seconds_fit"] = time.perf_counter() - t0
-    return NTKFit(kern=kern, alpha=alpha, mean=torch.as_tensor(mean_np, device=dev).to(tdtype), dtype=dtype,
-                  device=dev, block_size=block_size, info=info, n_contexts=grid.n_contexts,
-                  train_keys=train_keys, d_alpha=d_alpha, factors=factors, k1=k1)
+    return NTKFit(
+        kern=kern,
+        alpha=alpha,
+        mean=torch.as_tensor(mean_np, device=dev).to(tdtype),
+        dtype=dtype,
+        device=dev,
+        block_size=block_size,
+        info=info,
+        n_contexts=grid.n_contexts,
+        train_keys=train_keys,
+        d_alpha=d_alpha,
+        factors=factors,
+        k1=k1,
+    )
 
 
 def ntk(
@@ -603,26 +643,50 @@ def ntk(
     and ``info`` records the solver, sizes, regularisation and timings.
     """
     options = {
-        "depth": depth, "perturbation_prior": perturbation_prior, "context_prior": context_prior,
-        "reference_context": reference_context, "context_weight": context_weight, "context_kernel": context_kernel,
-        "context_lengthscale": context_lengthscale, "perturbation_identity": perturbation_identity, "nugget": nugget,
-        "ridge": ridge, "center": center,
+        "depth": depth,
+        "perturbation_prior": perturbation_prior,
+        "context_prior": context_prior,
+        "reference_context": reference_context,
+        "context_weight": context_weight,
+        "context_kernel": context_kernel,
+        "context_lengthscale": context_lengthscale,
+        "perturbation_identity": perturbation_identity,
+        "nugget": nugget,
+        "ridge": ridge,
+        "center": center,
     }
     selected, scores = None, None
     if select:
         unknown = sorted(set(select) - set(options))
         if unknown:
             raise ValueError(f"select: unknown NTK option(s) {unknown}; expected some of {sorted(options)}")
-        fixed = {"solver": solver, "max_exact": max_exact, "n_centers": n_centers, "block_size": block_size,
-                 "device": device, "dtype": dtype, "jitter": jitter, "seed": seed}
+        fixed = {
+            "solver": solver,
+            "max_exact": max_exact,
+            "n_centers": n_centers,
+            "block_size": block_size,
+            "device": device,
+            "dtype": dtype,
+            "jitter": jitter,
+            "seed": seed,
+        }
         selected, scores = _select(grid, qp, qc, options, select, fixed, n_validation=n_validation, seed=seed)
         options.update(selected)
     if posterior_variance is None:
         n_cols = grid.n_obs if (solver == "exact" or (solver == "auto" and grid.n_obs <= max_exact)) else n_centers
         posterior_variance = len(qp) * float(min(n_cols, grid.n_obs)) ** 2 <= 1e12
     fitted = fit_ntk(
-        grid, **options, solver=solver, max_exact=max_exact, n_centers=n_centers, block_size=block_size,
-        device=device, dtype=dtype, jitter=jitter, seed=seed, progress=progress,
+        grid,
+        **options,
+        solver=solver,
+        max_exact=max_exact,
+        n_centers=n_centers,
+        block_size=block_size,
+        device=device,
+        dtype=dtype,
+        jitter=jitter,
+        seed=seed,
+        progress=progress,
         posterior_variance=posterior_variance,
     )
     t1 = time.perf_counter()

@@ -75,6 +75,17 @@ def _inclusion(x_test: np.ndarray, v_train: np.ndarray, energy: float) -> float:
     return float(max(0.0, 1.0 - (resid**2).sum() / vt.shape[0]))
 
 
+def _fit_r2(x: np.ndarray, y: np.ndarray, beta: np.ndarray, b0: float, weights: np.ndarray | None) -> float:
+    """(Weighted) R^2 of the donor regression on the training units, floored at 0: the pre-intervention fit
+    of synthetic control, low when the target's effects are not a stable combination of the donors'."""
+    w = np.ones_like(y) if weights is None else weights
+    resid = y - x @ beta - b0
+    total = float(w @ (y - (w @ y) / w.sum()) ** 2)
+    if total <= 0.0:
+        return 1.0 if float(w @ resid**2) <= 0.0 else 0.0
+    return float(max(0.0, 1.0 - (w @ resid**2) / total))
+
+
 def _label(option: tuple[str, bool, str]) -> str:
     d, c, w = option
     return f"{d}{'+control' if c else ''}{'+equal_units' if w == 'equal' else ''}"
@@ -147,6 +158,13 @@ def synthetic_interventions(
         and context keep other pairs) are held out, predicted from the rest with every candidate setting, and the
         setting with the lowest mean relative squared error is used; ``info["validation_error"]``
         records the errors. Training data only: the queried pairs are never looked at.
+
+    Returns
+    -------
+    The predictions, with a reliability per pair: the (weighted) R^2 of the donor regression on the
+    training units (synthetic control's pre-intervention fit) times the subspace inclusion of the
+    queried unit's donor outcomes in the training units' kept right singular space (1 when ``energy=1``
+    keeps every direction). Both factors are in ``info`` (``donor_fit_r2``, ``inclusion``).
     """
     from .._utils._progress import track
 
@@ -198,6 +216,8 @@ def synthetic_interventions(
 
     out = np.empty((len(qp), grid.n_genes))
     reliability = np.zeros(len(qp))
+    fit_r2 = np.zeros(len(qp))
+    inclusion = np.zeros(len(qp))
     n_donors = np.zeros(len(qp), dtype=np.int64)
     for i in track(range(len(qp)), enabled=progress, description="synthetic interventions"):
         t, u = q_target[i], q_unit[i]
@@ -235,10 +255,14 @@ def synthetic_interventions(
         beta, b0, v = _hsvt_fit(x, y, energy, weights)
         x_q = outcome(index[d, u]).T  # (genes, n_donors)
         out[i] = x_q @ beta + b0 - base
-        reliability[i] = _inclusion(x_q, v, energy)
+        fit_r2[i] = _fit_r2(x, y, beta, b0, weights)
+        inclusion[i] = _inclusion(x_q, v, energy)
+        reliability[i] = fit_r2[i] * inclusion[i]
         n_donors[i] = len(d)
     info = {
         "n_donors": n_donors,
+        "donor_fit_r2": fit_r2,
+        "inclusion": inclusion,
         "donor": donor,
         "use_control": with_control,
         "unit_weight": unit_weight,

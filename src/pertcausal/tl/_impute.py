@@ -78,7 +78,9 @@ def impute(
     ``"perturbation|context"``) with ``X`` the observed effect where measured and the prediction
     elsewhere, ``obs["perturbation"]``, ``obs["context"]``, ``obs["observed"]``, ``obs["n_cells"]``,
     ``obs["reliability"]`` (higher is more trustworthy; NaN for observed pairs and for methods that
-    give none): the NTK's ``1 - posterior variance``, synthetic interventions' subspace inclusion,
+    give none): the NTK's ``1 - posterior variance``, synthetic interventions' donor-fit R^2 on the
+    training units times the subspace inclusion of the queried unit (the inclusion alone is 1 for every
+    pair under least squares, ``energy=1``),
     the neighbour similarity of ``nearest_context``, the agreement of the averaged effects for the
     means and the local fit of ``additive``; ``obs["posterior_variance"]`` for the NTK (relative to
     the prior, 0 at observed pairs),
