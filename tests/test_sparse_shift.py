@@ -102,6 +102,17 @@ def test_no_sparsity_pressure_with_uniform_prior():
     assert (model.get_target_probability().to_numpy() > 0.5).mean() > 0.9  # Beta(1, 1): nothing switched off
 
 
+def test_target_threshold_reads_the_mask_and_is_recorded():
+    adata = _sim(n_perturbations=4, n_cells_per_perturbation=60)
+    pc.tl.sparse_shift(adata, **KEY, n_latent=4, max_epochs=3, target_threshold=0.7, **FAST)
+    res = adata.uns["X_sparse_shift"]
+    assert res["params"]["target_threshold"] == 0.7
+    pd.testing.assert_frame_equal(res["targets"], res["target_probability"] > 0.7)
+    with pytest.raises(ValueError, match=r"target_threshold must lie in \[0, 1\), got 1.0"):
+        pc.tl.sparse_shift(adata.copy(), **KEY, n_latent=4, max_epochs=1, target_threshold=1.0, **FAST)
+    assert res["params"]["target_threshold"] == 0.7  # the failed call wrote nothing
+
+
 def test_heldout_fit_leaves_networks_unchanged(trained):
     adata, model = trained
     before = {k: v.clone() for k, v in model.module.state_dict().items()}

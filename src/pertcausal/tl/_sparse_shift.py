@@ -33,6 +33,7 @@ def sparse_shift(
     n_latent: int = 10,
     prior: str = "svae+",
     sparsity: float | None = None,
+    target_threshold: float = 0.5,
     batch_key: str | None = None,
     heldout: Sequence[str] | None = None,
     min_cells: int = 10,
@@ -73,6 +74,18 @@ def sparse_shift(
     prior, sparsity
         ``"svae+"`` (default), ``"svae"``, ``"ivae"`` or ``"vae"``, and the strength of the sparsity prior;
         see :class:`~pertcausal.models.SparseShiftVAE`.
+    target_threshold
+        A latent is called a target of a perturbation (``uns[key_added]["targets"]``) when its target
+        probability exceeds this. Under the default per-cell sparsity prior the learned probability is about
+        1 - ``sparsity`` / g, with g the nats a cell gains from its perturbation's shift on that latent, so
+        a threshold t keeps the targets that save each cell more than ``sparsity`` / (1 - t) nats: 0.5 (the
+        default) keeps every shift the prior keeps; a higher threshold keeps only larger shifts. On the
+        default simulation (100 perturbations x 500 cells, 30 latents, the default 195 epochs) most spurious
+        targets were shifts of about 1.5 on latents that mix several true factors (true targets: about 2.8),
+        with probabilities mostly 0.5-0.75; 0.7 raised the target precision from 0.71 to 0.88 (seed 0; 0.71 to 0.89
+        on seed 1) and lowered the recall from 0.88 to 0.83 (0.88 to 0.80), F1 0.86 and 0.84 against 0.78
+        and 0.79. The threshold is a reading of the same model, not a default chosen on the truth: the
+        interferon target of the Kang tutorial has probability 0.6, a weak real response that 0.5 keeps.
     batch_key
         obs column of a batch covariate given to the decoder.
     heldout
@@ -90,7 +103,7 @@ def sparse_shift(
         - ``obsm[key_added]``: the latent means of every cell;
         - ``varm[key_added]``: genes x latents decoder sensitivity (mean log fold change of a gene when a
           latent moves by one standard deviation);
-        - ``uns[key_added]``: ``target_probability``, ``targets`` (thresholded at 0.5) and ``shift``
+        - ``uns[key_added]``: ``target_probability``, ``targets`` (thresholded at ``target_threshold``) and ``shift``
           (perturbations x latents tables), ``likelihood`` (ELBO and IWELBO per perturbation), ``history``
           and ``params``.
     n_hidden, n_layers, batch_size
@@ -126,6 +139,8 @@ def sparse_shift(
 
     from ..models._sparse_shift import SparseShiftVAE
 
+    if isinstance(target_threshold, bool) or not 0.0 <= float(target_threshold) < 1.0:
+        raise ValueError(f"target_threshold must lie in [0, 1), got {target_threshold!r}")
     adata = get_modality(data, mod)
     where = f"mdata.mod[{mod!r}]" if is_mudata(data) else "adata"
     X = get_matrix(adata, layer, where=where)
@@ -180,7 +195,7 @@ def sparse_shift(
         model.save(str(save_model), overwrite=True, save_anndata=False)
     result = {
         "target_probability": model.get_target_probability(),
-        "targets": model.get_targets(),
+        "targets": model.get_targets(float(target_threshold)),
         "shift": model.get_shift(),
         "likelihood": likelihood,
         "history": history.reset_index(names="epoch"),
@@ -194,6 +209,7 @@ def sparse_shift(
                 "prior": prior,
                 "sparsity": model.module.sparsity,
                 "sparsity_unit": model.module.sparsity_unit,
+                "target_threshold": float(target_threshold),
                 "n_latent": n_latent,
                 "n_hidden": n_hidden,
                 "n_layers": n_layers,
