@@ -112,8 +112,10 @@ class Prediction:
 
 
 def validation_pairs(grid: Grid, n: int, seed: int) -> np.ndarray:
-    """Up to ``n`` observed rows whose perturbation keeps other observed pairs, and whose context does too
-    unless control baselines are known (a context with its control is then still described)."""
+    """Up to ``n`` observed rows (at most a fifth of them, at least one) whose perturbation keeps other
+    observed pairs, and whose context does too unless control baselines are known (a context with its
+    control is then still described)."""
+    n = min(n, max(1, grid.n_obs // 5))
     rng = np.random.default_rng(seed)
     left_p = np.bincount(grid.pert, minlength=grid.n_perts)
     left_c = np.bincount(grid.ctx, minlength=grid.n_contexts)
@@ -154,7 +156,7 @@ def validation_folds(
         fold = assign[grid.pert]
         folds = [(rows[fold != f], rows[fold == f]) for f in range(min(max_folds, len(groups)))]
     else:
-        val = validation_pairs(grid, min(n_validation, max(1, grid.n_obs // 5)), seed)
+        val = validation_pairs(grid, n_validation, seed)
         folds = [(np.setdiff1d(rows, val), val)] if len(val) else []
     return [(tr, va) for tr, va in folds if len(tr) and len(va)]
 

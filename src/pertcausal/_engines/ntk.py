@@ -34,6 +34,7 @@ import numpy as np
 
 from .._utils._device import import_torch, resolve_device
 from ._grid import Grid, Prediction, validation_folds
+from .metrics import _pearson_rows
 
 _GRAM_BUDGET_BYTES = 2 * 1024**3  # perturbation x column Gram kept on the device when under this size
 
@@ -732,7 +733,7 @@ def _select(
         for train, val in folds:
             sub = grid.subset(train)
             pred = fit_ntk(sub, **{**options, **combo}, **fixed).predict(grid.pert[val], grid.ctx[val])
-            r = _row_pearson(grid.y[val], np.asarray(pred, dtype=np.float64))
+            r = _pearson_rows(grid.y[val], np.asarray(pred, dtype=np.float64))
             total += float(np.nansum(r))
             count += int(np.isfinite(r).sum())
         score = total / count if count else -np.inf
@@ -740,10 +741,3 @@ def _select(
         if score > best_score:
             best, best_score = combo, score
     return best, scores
-
-
-def _row_pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a - a.mean(1, keepdims=True)
-    b = b - b.mean(1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (a * b).sum(1) / np.sqrt((a * a).sum(1) * (b * b).sum(1))

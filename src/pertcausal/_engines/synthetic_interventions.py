@@ -100,7 +100,7 @@ def _choose(
     """
     if len(options) == 1:
         return options[0], {}
-    val = validation_pairs(grid, min(n_validation, max(1, grid.n_obs // 5)), seed)
+    val = validation_pairs(grid, n_validation, seed)
     if len(val) == 0:
         return options[0], {}
     train = grid.subset(np.setdiff1d(np.arange(grid.n_obs), val))
