@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from scipy.sparse.csgraph import breadth_first_order
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, SHARED_DATA, machine_info, machine_markdown, markdown_table
@@ -125,13 +126,8 @@ def main() -> None:
         reach = sp.csr_matrix(model.adjacency != 0)
         for g in PATHWAY:
             j = model.genes.index(g)
-            seen, frontier = {j}, [j]
-            while frontier:  # descendants in the gene graph
-                for c in reach[frontier.pop()].indices:
-                    if c not in seen:
-                        seen.add(c)
-                        frontier.append(c)
-            role_rows.append([name, g, int((inputs[j] != 0).sum()), int((outputs[j] != 0).sum()), len(seen) - 1])
+            descendants = breadth_first_order(reach, j, directed=True, return_predecessors=False).size - 1
+            role_rows.append([name, g, int((inputs[j] != 0).sum()), int((outputs[j] != 0).sum()), descendants])
         pred = pc.tl.predict_intervention(model, ["IFNGR2", "JAK2", "STAT1"], n_samples=2000)
         for t in ("IFNGR2", "JAK2", "STAT1"):
             obs_shift = X[labels == t].mean(0) - ctrl
