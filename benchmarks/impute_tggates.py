@@ -6,7 +6,8 @@ Signatures are log2 fold changes against each compound's own vehicle controls at
 context axis is dose x time ("transport between interventions"). Two splits:
 
 (a) ``pair``: 10 folds of held-out (compound, condition) pairs, stratified by condition, repeated with
-    fold seeds 0-3 (the full table is seed 0's; a second table gives every seed and the mean);
+    fold seeds 0-7 (the full table is seed 0's; a second table gives every seed and the means; seeds 0-3
+    were looked at while ``si_pairwise`` was designed, seeds 4-7 were added afterwards as a fresh check);
 (b) ``condition``: a whole condition held out at once (every compound's response in it predicted from
     all other conditions), each of the 9 conditions in turn; the 24 h high-dose fold is reported on
     its own as the issue asks.
@@ -51,7 +52,8 @@ NTK_SELECT = {
 # synthetic interventions with pairwise (available-case) moments: its locality bandwidth and per-gene
 # shrinkage chosen inside every fold by validation on held-out training pairs
 SI_SELECT = {"locality": [np.inf, 0.5, 0.2, 0.1], "gene_shrinkage": [0.0, 0.1, 0.2, 0.3]}
-SEEDS = (0, 1, 2, 3)  # fold seeds of split (a)
+SEEDS = (0, 1, 2, 3, 4, 5, 6, 7)  # fold seeds of split (a)
+DESIGN_SEEDS = (0, 1, 2, 3)  # the seeds whose scores were looked at while si_pairwise was designed
 METHODS: dict[str, dict] = {
     "ntk": {},
     "ntk_nugget0.5": {"method": "ntk", "nugget": 0.5},
@@ -184,6 +186,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n(b') the 24 h high-dose condition held out\n\n{md_high}")
     lines = [
         verdict(t_seeds["mean"], f"(a) held-out pairs, mean over fold seeds {', '.join(map(str, seeds))}"),
+        *(
+            verdict(t_seeds[list(group)].mean(1), f"(a) held-out pairs, mean over fold seeds {label}")
+            for group, label in ((DESIGN_SEEDS, "0-3 (seen in design)"), (SEEDS[4:], "4-7 (fresh)"))
+            if set(group) <= set(seeds) and len(seeds) > len(DESIGN_SEEDS)
+        ),
         *(verdict(t_seeds[seed], f"(a) held-out pairs, fold seed {seed}") for seed in seeds),
         verdict(s_high, "(b) 24 h high dose held out"),
         verdict(s_ctx, "(b) every condition held out in turn"),
@@ -263,7 +270,8 @@ The issue's target: NTK or synthetic interventions beat the best baseline (neare
 least 0.03 top-{TOP_K} DE Pearson on both splits; split (a) is judged at every fold seed and on the mean.
 Every option is chosen inside the training pairs of each fold, but `si_pairwise`'s design (pairwise moments,
 locality kernel, per-gene shrinkage) and its candidate values were settled while looking at split (a) scores
-at these fold seeds, so its margin here is optimistic by an unknown amount.
+at fold seeds 0-3, so its margin there is optimistic by an unknown amount; seeds 4-7 were added afterwards
+and never used to design or tune anything.
 
 {chr(10).join(lines)}
 
