@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -149,6 +150,18 @@ def _layout(graph: Any) -> dict[str, np.ndarray]:
     return nx.kamada_kawai_layout(graph, dist=full, pos=start, weight=None)
 
 
+@dataclass(frozen=True)
+class _Graph:
+    """The stored graph a plot draws: the modality holding it, its key, where that is (for messages), the
+    method that fitted it and the modality's gene names."""
+
+    adata: AnnData
+    key: str
+    where: str
+    method: str
+    var_names: pd.Index
+
+
 def causal_graph(
     data: AnnData | MuData,
     *,
@@ -250,17 +263,13 @@ def causal_graph(
     method = _check_result(adata, key, where)
     var_names = pd.Index(adata.var_names.astype(str))
     centre = _centre_genes(genes, var_names, where)
-    if kind == "network":
-        return _network(adata, key, where, method, var_names, centre, n_edges, ax, figsize, cmap, save=save, show=show)
-    return _modules(adata, key, where, method, var_names, centre, n_genes, ax, figsize, cmap, save=save, show=show)
+    stored = _Graph(adata, key, where, method, var_names)
+    draw = _network if kind == "network" else _modules
+    return draw(stored, centre, n_edges if kind == "network" else n_genes, ax, figsize, cmap, save=save, show=show)
 
 
 def _network(
-    adata: AnnData,
-    key: str,
-    where: str,
-    method: str,
-    var_names: pd.Index,
+    stored: _Graph,
     centre: list[str] | None,
     n_edges: int,
     ax: Axes | None,
@@ -274,6 +283,8 @@ def _network(
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
     from mpl_toolkits.axes_grid1 import make_axes_locatable
+
+    adata, key, where, method, var_names = stored.adata, stored.key, stored.where, stored.method, stored.var_names
 
     try:
         import networkx as nx
@@ -380,11 +391,7 @@ def _network(
 
 
 def _modules(
-    adata: AnnData,
-    key: str,
-    where: str,
-    method: str,
-    var_names: pd.Index,
+    stored: _Graph,
     centre: list[str] | None,
     n_genes: int,
     ax: Axes | None,
@@ -397,6 +404,8 @@ def _modules(
     import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
     from mpl_toolkits.axes_grid1 import Divider, Size
+
+    adata, key, where, method, var_names = stored.adata, stored.key, stored.where, stored.method, stored.var_names
 
     inputs, outputs = _module_maps(adata, key, where, method)
     n_modules = inputs.shape[1]
