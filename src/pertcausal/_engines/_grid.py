@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -109,6 +112,21 @@ class Prediction:
     reliability: np.ndarray | None = None
     info: dict = field(default_factory=dict)
     variance: np.ndarray | None = None
+
+
+def option_grid(select: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
+    """Every combination of ``select``'s candidate values (option name -> candidates), in order; an option
+    without candidates is an error."""
+    names = list(select)
+    combos = [dict(zip(names, values)) for values in itertools.product(*(list(select[n]) for n in names))]
+    if not combos:
+        raise ValueError("select: every option needs at least one candidate value")
+    return combos
+
+
+def option_label(combo: Mapping[str, Any]) -> str:
+    """``"name=value, ..."``: how a combination of :func:`option_grid` is recorded in ``info``."""
+    return ", ".join(f"{k}={v}" for k, v in combo.items())
 
 
 def validation_pairs(grid: Grid, n: int, seed: int) -> np.ndarray:

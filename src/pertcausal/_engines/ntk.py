@@ -24,7 +24,6 @@ never ``O(n^2)``; predictions are written block by block into one preallocated n
 
 from __future__ import annotations
 
-import itertools
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -33,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from .._utils._device import import_torch, resolve_device
-from ._grid import Grid, Prediction, validation_folds
+from ._grid import Grid, Prediction, option_grid, option_label, validation_folds
 from .metrics import _pearson_rows
 
 _GRAM_BUDGET_BYTES = 2 * 1024**3  # perturbation x column Gram kept on the device when under this size
@@ -719,10 +718,7 @@ def _select(
     Score: mean Pearson correlation across genes between held-out and predicted effects, over the
     held-out pairs of every validation fold (:func:`validation_folds`). Ties keep the first combination.
     """
-    names = list(select)
-    combos = [dict(zip(names, values)) for values in itertools.product(*(list(select[n]) for n in names))]
-    if not combos:
-        raise ValueError("select: every option needs at least one candidate value")
+    combos = option_grid(select)
     folds = validation_folds(grid, qp, qc, n_validation=n_validation, seed=seed)
     if len(combos) == 1 or not folds:
         return combos[0], {}
@@ -737,7 +733,7 @@ def _select(
             total += float(np.nansum(r))
             count += int(np.isfinite(r).sum())
         score = total / count if count else -np.inf
-        scores[", ".join(f"{k}={v}" for k, v in combo.items())] = score
+        scores[option_label(combo)] = score
         if score > best_score:
             best, best_score = combo, score
     return best, scores

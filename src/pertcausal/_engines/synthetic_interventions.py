@@ -20,13 +20,12 @@ per-gene coefficients shrunk towards the pooled ones.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from ._grid import Grid, Prediction, validation_pairs
+from ._grid import Grid, Prediction, option_grid, option_label, validation_pairs
 
 
 def _rank_for_energy(s2: np.ndarray, energy: float) -> int:
@@ -218,10 +217,7 @@ def synthetic_interventions(
         unknown = sorted(set(select) - set(_SELECTABLE))
         if unknown:
             raise ValueError(f"select: unknown option(s) {unknown}; expected some of {list(_SELECTABLE)}")
-        for name in select:
-            if len(list(select[name])) == 0:
-                raise ValueError("select: every option needs at least one candidate value")
-        for combo in _combos(select):
+        for combo in option_grid(select):
             _check_moment_options(
                 combo.get("moments", moments),
                 combo.get("locality", locality),
@@ -401,11 +397,6 @@ def _check_moment_options(moments: str, locality: float | None, gene_shrinkage: 
         raise ValueError("locality and gene_shrinkage need moments='pairwise'")
 
 
-def _combos(select: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
-    names = list(select)
-    return [dict(zip(names, values)) for values in itertools.product(*(list(select[n]) for n in names))]
-
-
 def _select(
     grid: Grid,
     qp: np.ndarray,
@@ -424,7 +415,7 @@ def _select(
 
     Combinations that differ only in ``locality`` and ``gene_shrinkage`` are predicted in one pass.
     """
-    combos = _combos(select)
+    combos = option_grid(select)
     val = validation_pairs(grid, n_validation, seed)
     folds = [(np.setdiff1d(np.arange(grid.n_obs), val), val)] if len(val) else []
     if len(combos) == 1 or not folds:
@@ -451,7 +442,7 @@ def _select(
                 count[j] += int(np.isfinite(rel).sum())
     with np.errstate(invalid="ignore", divide="ignore"):
         err = np.where(count > 0, total / count, np.inf)
-    errors = {", ".join(f"{k}={v}" for k, v in combo.items()): float(e) for combo, e in zip(combos, err)}
+    errors = {option_label(combo): float(e) for combo, e in zip(combos, err)}
     return combos[int(np.argmin(err))], errors
 
 
