@@ -293,6 +293,76 @@ def test_graph_lr_is_the_edge_logits_rate():
     assert logits[1e-2] > 10 * logits[1e-4]
 
 
+def _protein_knockout(n: int = 400, seed: int = 0) -> ad.AnnData:
+    """gene0 -> gene1 -> gene2 (0.8 each); gene3, gene4 independent. Knocking out gene0 removes its protein
+    (gene1 falls as if gene0 sat at -3 sds) but leaves its own mRNA as in control cells, as for IFNGR2 in the
+    Papalexi screen; gene3's knockout lowers its own mRNA and nothing else."""
+    rng = np.random.default_rng(seed)
+    blocks, labels = [], []
+    for regime in ("control", "gene0", "gene3"):
+        e = rng.standard_normal((n, 5)) * np.array([1.0, 0.6, 0.6, 1.0, 1.0])
+        x = np.empty((n, 5))
+        x[:, 0] = e[:, 0]
+        x[:, 1] = 0.8 * (-3.0 if regime == "gene0" else x[:, 0]) + e[:, 1]
+        x[:, 2] = 0.8 * x[:, 1] + e[:, 2]
+        x[:, 3] = e[:, 3] - (2.0 if regime == "gene3" else 0.0)
+        x[:, 4] = e[:, 4]
+        blocks.append(x)
+        labels += [regime] * n
+    adata = ad.AnnData(np.vstack(blocks).astype(np.float32))
+    adata.var_names = [f"gene{j}" for j in range(5)]
+    adata.obs["perturbation"] = labels
+    return adata
+
+
+def test_knockout_activity_carries_a_loss_of_function_the_mrna_does_not_show(tmp_path):
+    adata = _protein_knockout()
+    shift, models = {}, {}
+    for knockouts in ("perfect", "activity"):
+        models[knockouts] = model = pc.tl.causal_graph(
+            adata, **KEY, n_modules=2, method="notears_lowrank", knockouts=knockouts, max_epochs=200,
+            key_added=knockouts, random_state=0, **FAST,
+        )  # fmt: skip
+        shift[knockouts] = pc.tl.predict_intervention(model, "gene0", n_samples=4000).to_df(layer="shift").iloc[0]
+    # truth: gene1 falls by 0.8 * 3 = 2.4 (in control sds of gene1: 2.4 / sqrt(0.64 + 0.36) = 2.4), gene2 by 1.9
+    assert abs(shift["activity"]["gene1"] + 2.4) < 0.5
+    assert abs(shift["activity"]["gene2"] + 1.92) < 0.6
+    # read through gene0's unchanged mRNA the knockout predicts (almost) nothing downstream
+    assert abs(shift["perfect"]["gene1"]) < 0.3
+    act = models["activity"]
+    assert act.params["knockouts"] == "activity" and float(act.net.knockout_activity.detach()) < -2.0
+    # under "activity" a knocked-out gene's measured value no longer enters the likelihood at all
+    X = np.asarray(adata.X[:50], dtype=np.float64)
+    mask = np.zeros(X.shape, dtype=bool)
+    mask[:, 0] = True
+    X2 = X.copy()
+    X2[:, 0] = 1e3
+    np.testing.assert_allclose(act.nll_per_cell(X2, masked=mask), act.nll_per_cell(X, masked=mask))
+    # the activity survives h5ad and save/load
+    path = tmp_path / "a.h5ad"
+    adata.write_h5ad(path)
+    back = pc.models.CausalGraphModel.from_uns(ad.read_h5ad(path).uns["activity"])
+    act.save(tmp_path / "m")
+    for other in (back, pc.models.CausalGraphModel.load(tmp_path / "m")):
+        assert float(other.net.knockout_activity.detach()) == pytest.approx(float(act.net.knockout_activity.detach()))
+        np.testing.assert_allclose(other.nll_per_cell(X, masked=mask), act.nll_per_cell(X, masked=mask), rtol=1e-6)
+
+
+def test_restarts_keep_the_fit_of_lowest_nll():
+    adata = _protein_knockout()
+    kw = {**KEY, "n_modules": 2, "knockouts": "activity", "max_epochs": 200, **FAST}
+    single = pc.tl.causal_graph(adata, **kw, random_state=0)  # this seed alone orients the chain wrongly
+    model = pc.tl.causal_graph(adata, **kw, random_state=0, n_init=4)
+    nll = model.params["init_nll"]
+    assert len(nll) == 4 and model.params["init_kept"] == int(np.argmin(nll))
+    assert nll[0] == pytest.approx(single.params["init_nll"][0])
+    shift = {m: pc.tl.predict_intervention(m, "gene0", n_samples=4000).to_df(layer="shift").iloc[0]
+             for m in (single, model)}  # fmt: skip
+    assert abs(shift[single]["gene1"]) < 0.3
+    assert abs(shift[model]["gene1"] + 2.4) < 0.5 and abs(shift[model]["gene2"] + 1.92) < 0.6
+    assert adata.uns["causal_graph"]["params"]["n_init"] == 4
+
+
 # -- errors ------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("kwargs", "err", "match"),
@@ -308,6 +378,9 @@ def test_graph_lr_is_the_edge_logits_rate():
         ({"noise_rank": -1}, ValueError, "noise_rank"),
         ({"noise_rank": 2, "method": "gaussian"}, ValueError, "noise_rank=2 applies to the graph methods"),
         ({"method": "pc"}, ValueError, "method"),
+        ({"knockouts": "escape"}, ValueError, "knockouts"),
+        ({"n_init": 0}, ValueError, "n_init"),
+        ({"knockouts": "activity", "method": "gaussian"}, ValueError, "knockouts='activity' applies to the graph"),
         ({"layer": "counts"}, KeyError, "layer 'counts'"),
         ({"graph_lr": 0.0}, ValueError, "graph_lr=0.0"),
     ],

@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TUTORIALS = ROOT / "tutorials"
 KANG_DIR = ROOT.parent / "shared" / "data" / "kang2018-ifnb-muscat"
 L1000_DIR = ROOT.parent / "shared" / "data" / "l1000-cmapr-3drugs-65lines"
+PAPALEXI_DIR = ROOT.parent / "shared" / "data" / "papalexi2021-thp1-sceptre"
 
 
 def _outputs_text(nb) -> str:
@@ -185,3 +186,21 @@ def test_sparse_shift_kang_notebook(python3_kernel):
     assert _number(text, "observed logFC, top 25 predicted genes") > 0.8
     assert "targets survive h5ad: True" in text
     assert "reloaded latent identical: True" in text
+
+
+def test_causal_graph_papalexi_notebook(python3_kernel):
+    pytest.importorskip("pertpy", reason="the tutorial classifies escapers with pertpy's Mixscape")
+    nb = _execute("causal_graph_papalexi.ipynb", PAPALEXI_DIR, python3_kernel)
+    text = _outputs_text(nb)
+    # Mixscape finds knocked-out cells in 6 targets; the 3 unmeasured ones are dropped with the escapers
+    assert "dropped regimes (unmeasured targets): IFNGR1, IRF1, SMAD4" in text
+    assert 16000 < _number(text, "cells kept") < 18000
+    assert 100 < _number(text, "edges") < 20000
+    assert _number(text, "learned knockout activity (control sds)") < -1.0
+    # in-sample, the graph predicts the knockouts of measured targets at least as well as no shift
+    for target in ("IFNGR2", "JAK2", "STAT1"):
+        match = re.search(rf"^{target} knockout: MAE of predicted shifts ([0-9.]+), no shift ([0-9.]+)", text, re.M)
+        assert match and float(match.group(1)) <= float(match.group(2)) + 1e-3, target
+    assert _number(text, "largest difference of the JAK2 predictions after the round trip") < 1e-9
+    images = [out for cell in nb.cells for out in cell.get("outputs", []) if "image/png" in out.get("data", {})]
+    assert len(images) >= 2

@@ -42,6 +42,8 @@ _LOG_2PI = math.log(2.0 * math.pi)
 _MIN_LOG_VAR = math.log(1e-3)  # floor of a gene's own noise variance (standardised units): with correlated noise
 # the loadings could otherwise take all of a gene's variance and send its own to zero (a Heywood case)
 _NONE, _INPUT, _OUTPUT = 0, 1, 2  # the three-way choice of a (gene, module) pair
+KNOCKOUT_MODELS = ("perfect", "activity")
+_KNOCKOUT_ACTIVITY_INIT = -3.0  # start of the learned knockout activity (control sds): below most control cells
 
 
 class FactorGraphNet(nn.Module):
@@ -56,7 +58,7 @@ class FactorGraphNet(nn.Module):
     """
 
     def __init__(self, n_genes: int, n_modules: int, *, n_hidden: int = 16, n_layers: int = 2,
-                 noise_rank: int = 0) -> None:  # fmt: skip
+                 noise_rank: int = 0, knockouts: str = "perfect") -> None:  # fmt: skip
         super().__init__()
         d, m, H = n_genes, n_modules, n_hidden
         self.n_genes, self.n_modules, self.n_hidden, self.n_layers = d, m, H, n_layers
@@ -70,6 +72,7 @@ class FactorGraphNet(nn.Module):
         self.bias = nn.Parameter(torch.zeros(d))
         self.log_var = nn.Parameter(torch.zeros(d))
         _add_noise_factors(self, d, noise_rank)
+        _add_knockout_parameters(self, knockouts)
         self.register_buffer("fixed_edges", torch.zeros(0))  # (d, m, 3) one-hot once the graph is fixed
 
     @property
@@ -96,10 +99,11 @@ class FactorGraphNet(nn.Module):
             h = F.leaky_relu(torch.einsum("bmh,mhk->bmk", h, self.w_hidden[layer]) + self.b_hidden[layer])
         return torch.einsum("bmh,mh->bm", h, self.w_module)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Mean of every gene given the others (cells x genes)."""
+    def forward(self, x: torch.Tensor, masked: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean of every gene given the others (cells x genes). ``masked`` marks each cell's knocked-out genes,
+        which enter their children at the knockout activity (:func:`parent_values`)."""
         edges = self.sample_edges()
-        s = self._module_outputs(x, edges[..., _INPUT])
+        s = self._module_outputs(parent_values(self, x, masked), edges[..., _INPUT])
         return self.bias + s @ (self.w_out * edges[..., _OUTPUT]).T
 
     def module_adjacencies(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -177,7 +181,7 @@ class FactorGraphNet(nn.Module):
         out = self.w_out * V
         for k in order:
             w = self.w_in[:, k, :] * U[:, k, None]
-            h = F.leaky_relu(x @ w + self.b_in[k])
+            h = F.leaky_relu(parent_values(self, x, clamp) @ w + self.b_in[k])
             for layer in range(self.n_layers - 1):
                 h = F.leaky_relu(h @ self.w_hidden[layer, k] + self.b_hidden[layer, k])
             s = h @ self.w_module[k]
@@ -188,7 +192,8 @@ class FactorGraphNet(nn.Module):
 class LowRankLinearNet(nn.Module):
     """NOTEARS-low-rank: linear Gaussian SEM ``x = b + x W + e`` with ``W = U V^T`` (zero diagonal) and L1."""
 
-    def __init__(self, n_genes: int, n_modules: int, *, noise_rank: int = 0) -> None:
+    def __init__(self, n_genes: int, n_modules: int, *, noise_rank: int = 0,
+                 knockouts: str = "perfect") -> None:  # fmt: skip
         super().__init__()
         d, m = n_genes, n_modules
         self.n_genes, self.n_modules = d, m
@@ -197,6 +202,7 @@ class LowRankLinearNet(nn.Module):
         self.bias = nn.Parameter(torch.zeros(d))
         self.log_var = nn.Parameter(torch.zeros(d))
         _add_noise_factors(self, d, noise_rank)
+        _add_knockout_parameters(self, knockouts)
         self.register_buffer("fixed_mask", torch.zeros(0))  # (d, d) 0/1 once the graph is fixed
 
     @property
@@ -209,8 +215,8 @@ class LowRankLinearNet(nn.Module):
             return W * self.fixed_mask
         return W * (1.0 - torch.eye(self.n_genes, dtype=W.dtype, device=W.device))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bias + x @ self.weights()
+    def forward(self, x: torch.Tensor, masked: torch.Tensor | None = None) -> torch.Tensor:
+        return self.bias + parent_values(self, x, masked) @ self.weights()
 
     def acyclicity(self) -> torch.Tensor:
         """NOTEARS' ``tr(exp(W * W)) - n_genes`` on the gene graph (``O(n_genes^3)`` per step): a continuous
@@ -253,7 +259,7 @@ class LowRankLinearNet(nn.Module):
         for j in order:
             col = W[:, j]
             if not bool(clamp[..., j].all()):
-                x[:, j] = torch.where(clamp[:, j], x[:, j], x[:, j] + x @ col)
+                x[:, j] = torch.where(clamp[:, j], x[:, j], x[:, j] + parent_values(self, x, clamp) @ col)
         return x
 
 
@@ -262,6 +268,32 @@ def _add_noise_factors(net: nn.Module, n_genes: int, rank: int) -> None:
     rank 0): ``e ~ N(0, diag(exp(log_var)) + L L^T)``, hidden common causes the gene graph does not carry."""
     net.noise_rank = int(rank)
     net.register_parameter("noise_factors", nn.Parameter(torch.randn(n_genes, rank) * 0.01) if rank > 0 else None)
+
+
+def _add_knockout_parameters(net: nn.Module, knockouts: str) -> None:
+    """Give ``net`` its knockout model: with ``"activity"`` a parameter ``knockout_activity``, the learned value
+    (standardised units) with which a knocked-out gene enters its children in place of its measured mRNA;
+    ``None`` with ``"perfect"`` (a knocked-out gene enters its children at its measured level)."""
+    if knockouts not in KNOCKOUT_MODELS:
+        raise ValueError(f"knockouts must be one of {KNOCKOUT_MODELS}, got {knockouts!r}")
+    activity = nn.Parameter(torch.tensor(_KNOCKOUT_ACTIVITY_INIT)) if knockouts == "activity" else None
+    net.register_parameter("knockout_activity", activity)
+
+
+def parent_values(net: nn.Module, x: torch.Tensor, masked: torch.Tensor | None) -> torch.Tensor:
+    """The genes' values as inputs of their children: a knocked-out gene (``masked``) enters at the learned
+    knockout activity when ``net`` has one, else at its measured level."""
+    a = net.knockout_activity
+    if a is None or masked is None:
+        return x
+    return torch.where(masked, a.to(x.dtype), x)
+
+
+def cell_nll(net: nn.Module, x: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+    """Per-cell NLL (nats) of the non-targeted genes of standardised cells ``x`` given their knockouts (perfect
+    interventions: each gene given its parents, the targeted genes left out of the likelihood)."""
+    kept = (~masked).to(x.dtype)
+    return gaussian_nll(net(x, masked), net.log_var, x, kept, net.noise_factors)
 
 
 def sample_noise(net: nn.Module, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -376,8 +408,7 @@ class GraphTrainingPlan(LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, masked = batch
-        kept = (~masked).to(x.dtype)
-        nll = gaussian_nll(self.net(x), self.net.log_var, x, kept, self.net.noise_factors).mean() / x.shape[1]
+        nll = cell_nll(self.net, x, masked).mean() / x.shape[1]
         loss = nll
         h = torch.zeros((), device=x.device)
         if self.constrained and self.current_epoch >= self.warmup_epochs:
@@ -439,10 +470,10 @@ class _EpochRecorder(Callback):
 
 
 def build_net(method: Literal["dcdfg", "notears_lowrank"], n_genes: int, n_modules: int, *, noise_rank: int = 0,
-              **kwargs: Any) -> nn.Module:  # fmt: skip
+              knockouts: str = "perfect", **kwargs: Any) -> nn.Module:  # fmt: skip
     if method == "dcdfg":
-        return FactorGraphNet(n_genes, n_modules, noise_rank=noise_rank, **kwargs)
-    return LowRankLinearNet(n_genes, n_modules, noise_rank=noise_rank)
+        return FactorGraphNet(n_genes, n_modules, noise_rank=noise_rank, knockouts=knockouts, **kwargs)
+    return LowRankLinearNet(n_genes, n_modules, noise_rank=noise_rank, knockouts=knockouts)
 
 
 def fit_graph(

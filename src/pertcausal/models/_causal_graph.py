@@ -163,7 +163,7 @@ class CausalGraphModel:
             return gaussian_nll_per_cell(self.gaussian, Z, masked=masked)
         import torch
 
-        from .._engines.factor_graph import gaussian_nll
+        from .._engines.factor_graph import cell_nll
 
         kept = np.ones(Z.shape, dtype=bool) if masked is None else ~masked
         n_kept = kept.sum(1)
@@ -173,8 +173,8 @@ class CausalGraphModel:
         with torch.no_grad():
             for start in range(0, Z.shape[0], 4096):
                 x = torch.as_tensor(Z[start : start + 4096], dtype=torch.float32)
-                k = torch.as_tensor(kept[start : start + 4096], dtype=torch.float32)
-                nll = gaussian_nll(self.net(x), self.net.log_var, x, k, self.net.noise_factors)
+                m = torch.as_tensor(~kept[start : start + 4096])
+                nll = cell_nll(self.net, x, m)
                 out[start : start + 4096] = nll.double().numpy()
         return out / n_kept
 
@@ -296,7 +296,8 @@ class CausalGraphModel:
 
             p = kw["params"]
             net_kw = {"n_hidden": int(p["n_hidden"]), "n_layers": int(p["n_layers"])} if method == "dcdfg" else {}
-            net = build_net(method, len(genes), int(p["n_modules"]), noise_rank=int(p.get("noise_rank", 0)), **net_kw)
+            net = build_net(method, len(genes), int(p["n_modules"]), noise_rank=int(p.get("noise_rank", 0)),
+                            knockouts=str(p.get("knockouts", "perfect")), **net_kw)  # fmt: skip
             sd = {k[4:]: torch.as_tensor(np.asarray(v)) for k, v in state.items() if k.startswith("net_")}
             for name in ("fixed_edges", "fixed_mask"):  # buffers whose shape changes once the graph is fixed
                 if name in sd:

@@ -191,6 +191,8 @@ def causal_graph(
     graph_lr: float = 1e-2,
     reg_weight: float = 0.1,
     noise_rank: int = 0,
+    knockouts: Literal["perfect", "activity"] = "perfect",
+    n_init: int = 1,
     n_hidden: int = 16,
     n_layers: int = 2,
     strategy: Any = "auto",
@@ -279,6 +281,19 @@ def causal_graph(
         NLL below the full Gaussian's, but on simulations with independent noise it cut edge recall (e.g.
         0.89 to 0.52, linear knockouts) and worsened predicted knockout shifts. Use it for likelihoods and
         with care for structure.
+    knockouts
+        How a knocked-out gene acts on its children. ``"perfect"`` (DCD-FG): it enters them at its measured
+        mRNA level (its own likelihood is left out in the cells that target it, as with every choice).
+        ``"activity"``: at one learned level (standardised units, started at -3 control sds) shared by all
+        knocked-out genes, in training and in :func:`predict_intervention`. For CRISPR knockouts the protein
+        is lost while the mRNA may barely move (Papalexi screen: IFNGR2's own mRNA falls 0.37 sd, STAT1's
+        1.8 sd), so under ``"perfect"`` even a correct edge carries almost none of the effect.
+    n_init
+        Restarts of the graph methods (seeds ``random_state``, ``random_state + 1``, ...), as in scikit-learn's
+        mixture models: the fit with the lowest training NLL per gene in its last epoch is kept, and every
+        restart's value is recorded (``params["init_nll"]``, ``params["init_kept"]``). The edge choices settle
+        early (see ``graph_lr``), so a single fit can lock into a wrongly oriented graph: on a 5-gene chain with a
+        knockout, 2 of 6 seeds found it, and these had the lowest NLL (1.023 against 1.13-1.23).
     n_hidden, n_layers
         Size of each module's MLP (``dcdfg``).
     strategy, devices
@@ -322,8 +337,10 @@ def causal_graph(
     from ..models._causal_graph import CausalGraphModel, fit_gaussian_model
 
     check_choice(method, ["dcdfg", "notears_lowrank", "gaussian"], argname="method")
+    check_choice(knockouts, ["perfect", "activity"], argname="knockouts")
     for name, value, low in (("n_modules", n_modules, 1), ("batch_size", batch_size, 1), ("n_hidden", n_hidden, 1),
-                             ("n_layers", n_layers, 1), ("noise_rank", noise_rank, 0)):  # fmt: skip
+                             ("n_layers", n_layers, 1), ("noise_rank", noise_rank, 0),
+                             ("n_init", n_init, 1)):  # fmt: skip
         if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     for name, value in (("max_epochs", max_epochs), ("finetune_epochs", finetune_epochs)):
@@ -334,6 +351,8 @@ def causal_graph(
             f"noise_rank={noise_rank} applies to the graph methods ('dcdfg', 'notears_lowrank'); "
             "method='gaussian' already has a full covariance"
         )
+    if method == "gaussian" and knockouts != "perfect":
+        raise ValueError(f"knockouts={knockouts!r} applies to the graph methods ('dcdfg', 'notears_lowrank')")
     if not lr > 0 or not graph_lr > 0 or not reg_weight >= 0:
         raise ValueError(
             f"lr and graph_lr must be > 0 and reg_weight >= 0, got lr={lr!r}, graph_lr={graph_lr!r}, "
@@ -389,8 +408,8 @@ def causal_graph(
         "layer": layer, "separator": separator, "n_modules": int(n_modules), "n_hidden": int(n_hidden),
         "n_layers": int(n_layers), "max_epochs": epochs, "finetune_epochs": tune, "batch_size": int(batch_size),
         "lr": float(lr), "graph_lr": float(graph_lr), "reg_weight": float(reg_weight),
-        "noise_rank": int(noise_rank), "device": device,
-        "random_state": int(random_state),
+        "noise_rank": int(noise_rank), "knockouts": knockouts, "device": device,
+        "random_state": int(random_state), "n_init": int(n_init),
         "heldout": held, "n_genes": d, "n_train_cells": int(train_rows.size),
     }  # fmt: skip
 
@@ -401,16 +420,25 @@ def causal_graph(
                                  params=params, gaussian=fit_gaussian_model(Z))  # fmt: skip
     else:
         net_kw = {"n_hidden": n_hidden, "n_layers": n_layers} if method == "dcdfg" else {}
-        net = build_net(method, d, n_modules, noise_rank=int(noise_rank), **net_kw)
-        loader = make_loader(design.X[train_rows], design.masks, design.codes[train_rows], mean, sd,
-                             batch_size=batch_size, shuffle=True, seed=random_state)  # fmt: skip
-        net, history, threshold = fit_graph(
-            net, loader, max_epochs=epochs, finetune_epochs=tune, lr=lr, graph_lr=graph_lr,
-            reg_weight=reg_weight,
-            warmup_epochs=epochs // 4,
-            accelerator=accelerator, devices=default_devices if devices is None else devices, strategy=strategy,
-            progress_bar=progress_bar,
-        )  # fmt: skip
+        fits = []
+        for start in range(int(n_init)):  # restarts; the fit with the lowest final training NLL is kept
+            seed = int(random_state) + start
+            torch.manual_seed(seed)
+            net = build_net(method, d, n_modules, noise_rank=int(noise_rank), knockouts=knockouts, **net_kw)
+            loader = make_loader(design.X[train_rows], design.masks, design.codes[train_rows], mean, sd,
+                                 batch_size=batch_size, shuffle=True, seed=seed)  # fmt: skip
+            fits.append(fit_graph(
+                net, loader, max_epochs=epochs, finetune_epochs=tune, lr=lr, graph_lr=graph_lr,
+                reg_weight=reg_weight,
+                warmup_epochs=epochs // 4,
+                accelerator=accelerator, devices=default_devices if devices is None else devices, strategy=strategy,
+                progress_bar=progress_bar,
+            ))  # fmt: skip
+        final_nll = [float(history[-1]["nll_per_gene"]) for _, history, _ in fits]
+        best = int(np.argmin(final_nll))
+        net, history, threshold = fits[best]
+        params["init_nll"] = final_nll
+        params["init_kept"] = best
         model = CausalGraphModel(method, design.genes, mean=mean, scale=sd, knockout_level=levels, regimes=regimes,
                                  params=params, net=net, history=pd.DataFrame(history),
                                  threshold=threshold)  # fmt: skip
