@@ -24,10 +24,10 @@ Scores:
   chance-level reference;
 - target precision/recall/F1 of the learned masks (read at 0.5) after the MCC's matching, as in
   ``sparse_shift.py`` (``pc.tl.evaluate_sparse_shift``: all perturbations, the held-out ones after
-  ``fit_heldout``), and on the trained perturbations alone;
+  ``fit_heldout``), and on the trained and the held-out perturbations apart;
 - MCC ratio: MCC(learned) / MCC(true masks fixed).
 
-Run: ``python benchmarks/sparse_shift_ceiling.py`` (four trainings of about 15 min each on one torch thread,
+Run: ``python benchmarks/sparse_shift_ceiling.py`` (four trainings of about 5 min each on one torch thread,
 run one after another); ``--quick`` for a small check (no page unless ``--out`` is given).
 """
 
@@ -114,11 +114,12 @@ def fit_one(config: dict, epochs: int | None, seed: int, fixed: bool) -> dict:
         assert abs(scores["mcc"] - mcc) < 1e-9  # fit_heldout leaves the encoder as it was
         row.update({k: float(scores[k]) for k in ("precision", "recall", "f1")})
         trained = [p for p in model.perturbations if p not in held]
-        true = pd.DataFrame(np.asarray(truth["targets"], dtype=bool), index=names).loc[trained]
-        ident = target_identification(model.get_targets().loc[trained].to_numpy(), true.to_numpy(), assignment)
-        row.update({f"{k}_trained": float(ident[k]) for k in ("precision", "recall", "f1")})
-        row["targets_predicted_trained"] = int(model.get_targets().loc[trained].to_numpy().sum())
-        row["targets_true_trained"] = int(true.to_numpy().sum())
+        for part, perts in (("trained", trained), ("heldout", held)):
+            true = pd.DataFrame(np.asarray(truth["targets"], dtype=bool), index=names).loc[perts].to_numpy()
+            pred = model.get_targets().loc[perts].to_numpy()
+            ident = target_identification(pred, true, assignment)
+            row.update({f"{k}_{part}": float(ident[k]) for k in ("precision", "recall", "f1")})
+            row[f"targets_predicted_{part}"], row[f"targets_true_{part}"] = int(pred.sum()), int(true.sum())
     print({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
     return row
 
@@ -141,6 +142,8 @@ def main() -> None:
     print(f"== {config}, {epochs or 'default'} epochs, seeds {args.seeds}", flush=True)
     rows = [fit_one(config, epochs, seed, fixed) for seed in args.seeds for fixed in (False, True)]
     res = pd.DataFrame(rows)
+    n_held = max(1, config["n_perturbations"] // 10)
+    n_trained = config["n_perturbations"] - n_held
     ratios = {}
     for seed, part in res.groupby("seed"):
         by = part.set_index("model")
@@ -159,37 +162,50 @@ def main() -> None:
     )  # fmt: skip
     learned = res[res.model == "learned masks"]
     detail = markdown_table(
-        [[r.seed, r.precision_trained, r.recall_trained, r.f1_trained, int(r.targets_predicted_trained),
-          int(r.targets_true_trained), round(r.heldout_fit_seconds)] for r in learned.itertuples()],
-        ["seed", "target precision (trained)", "target recall (trained)", "target F1 (trained)",
-         "targets predicted (trained)", "true targets (trained)", "fit_heldout (s)"],
+        [[r.seed, part, getattr(r, f"precision_{key}"), getattr(r, f"recall_{key}"), getattr(r, f"f1_{key}"),
+          int(getattr(r, f"targets_predicted_{key}")), int(getattr(r, f"targets_true_{key}"))]
+         for r in learned.itertuples()
+         for part, key in ((f"trained ({n_trained})", "trained"), (f"held out ({n_held}; fit_heldout)", "heldout"))],
+        ["seed", "perturbations", "target precision", "target recall", "target F1", "targets predicted",
+         "true targets"],
     )  # fmt: skip
     print(table, flush=True)
     print(detail, flush=True)
     fixed = res[res.model == "true masks fixed"].set_index("seed")
     summary = [
         f"- Seed {s}: MCC {fixed.loc[s, 'mcc']:.3f} with the true masks fixed, {r.mcc:.3f} with learned masks "
-        f"({100 * r.mcc_ratio:.0f}% of it); learned target F1 {r.f1:.3f} (all perturbations) and "
-        f"{r.f1_trained:.3f} (trained ones)."
+        f"({100 * r.mcc_ratio:.1f}% of it); learned target F1 {r.f1:.3f} over all perturbations, "
+        f"{r.f1_trained:.3f} over the trained ones, {r.f1_heldout:.3f} over the held-out ones; "
+        f"fit_heldout {r.heldout_fit_seconds:.0f} s."
         for s, r in learned.set_index("seed").iterrows()
     ]
+
+    def f1s(values: pd.Series) -> str:
+        return " / ".join(f"{v:.3f}" for v in values) + f" (seed {' / '.join(map(str, learned.seed))})"
+
     lo, hi = learned.mcc_ratio.min(), learned.mcc_ratio.max()
     close = lo >= 0.9
     ceilings = " / ".join(f"{m:.2f} (seed {s})" for s, m in fixed.mcc.items())
     reading = (
         f"With the true target masks given from the start and never changed, the MCC is {ceilings}: this is "
         "what sVAE+ reaches on this simulation (its networks, likelihood and epochs) when nothing about the "
-        f"targets is left to learn. The learned masks reach {100 * lo:.0f}-{100 * hi:.0f}% of it. "
+        f"targets is left to learn. The learned masks reach {100 * lo:.1f}-{100 * hi:.1f}% of it. "
         + (
-            "So the latents are recovered about as well as this model can recover them, and what keeps the "
-            f"learned model's target F1 ({' / '.join(f'{f:.3f}' for f in learned.f1)} at seeds "
-            f"{' / '.join(map(str, learned.seed))}) "
-            + ("below" if (learned.f1 < 0.8).all() else "near")
-            + " the 0.8 aimed at comes from which masks get called (spurious or missed targets on latents that "
-            "are otherwise recovered about as well as they can be), not from failed disentanglement."
+            "So the latents are recovered about as well as this model can recover them, and the target-F1 gap "
+            "comes from which masks get called (spurious or missed targets on latents that are otherwise "
+            "recovered about as well as they can be), not from failed disentanglement."
             if close
             else "The learned masks fall well short of the ceiling, so part of the target-F1 gap comes from "
             "latents that are recovered worse than they could be."
+        )
+        + f" Over all perturbations (the F1 of `sparse_shift.py`) the learned masks' F1 is {f1s(learned.f1)}; "
+        f"over the {n_trained} trained perturbations alone it is {f1s(learned.f1_trained)}, over the {n_held} "
+        f"held-out ones (masks fitted afterwards by `fit_heldout`, networks frozen) {f1s(learned.f1_heldout)}."
+        + (
+            " Read against the 0.8 aimed at, the masks learned in training meet it and the shortfall of the "
+            "overall F1 is the held-out perturbations' masks."
+            if (learned.f1_trained >= 0.8).all() and (learned.f1 < 0.8).all()
+            else ""
         )
         + " See `sparse_shift.md` for the comparison with the other priors and the F1 at other read-out thresholds."
     )
@@ -202,7 +218,8 @@ def main() -> None:
         f"{int(res.epochs.iloc[0])} epochs{'' if epochs else ' (the model default)'}; {args.threads} torch "
         "thread(s), the trainings one after another."
         f"\n\n{table}\n\n" + "\n".join(summary) + "\n\n"
-        f"The learned model's target scores on the trained perturbations alone:\n\n{detail}\n\n"
+        f"The learned masks' target scores on the trained and on the held-out perturbations apart (same matching):"
+        f"\n\n{detail}\n\n"
         f"## Reading\n\n{reading}\n\n"
         f"## Machine\n\n{machine_markdown(machine_info(('pertcausal', 'torch', 'scvi-tools', 'lightning')))}\n"
     )
