@@ -333,11 +333,11 @@ def causal_graph(
     """
     import torch
 
-    from .._engines.factor_graph import build_net, fit_graph, make_loader
+    from .._engines.factor_graph import KNOCKOUT_MODELS, build_net, fit_graph, make_loader
     from ..models._causal_graph import CausalGraphModel, fit_gaussian_model
 
     check_choice(method, ["dcdfg", "notears_lowrank", "gaussian"], argname="method")
-    check_choice(knockouts, ["perfect", "activity"], argname="knockouts")
+    check_choice(knockouts, KNOCKOUT_MODELS, argname="knockouts")
     for name, value, low in (("n_modules", n_modules, 1), ("batch_size", batch_size, 1), ("n_hidden", n_hidden, 1),
                              ("n_layers", n_layers, 1), ("noise_rank", noise_rank, 0),
                              ("n_init", n_init, 1)):  # fmt: skip
