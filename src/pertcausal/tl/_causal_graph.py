@@ -420,13 +420,14 @@ def causal_graph(
                                  params=params, gaussian=fit_gaussian_model(Z))  # fmt: skip
     else:
         net_kw = {"n_hidden": n_hidden, "n_layers": n_layers} if method == "dcdfg" else {}
+        X_train, codes_train = design.X[train_rows], design.codes[train_rows]
         fits = []
         for start in range(int(n_init)):  # restarts; the fit with the lowest final training NLL is kept
             seed = int(random_state) + start
             torch.manual_seed(seed)
             net = build_net(method, d, n_modules, noise_rank=int(noise_rank), knockouts=knockouts, **net_kw)
-            loader = make_loader(design.X[train_rows], design.masks, design.codes[train_rows], mean, sd,
-                                 batch_size=batch_size, shuffle=True, seed=seed)  # fmt: skip
+            loader = make_loader(X_train, design.masks, codes_train, mean, sd, batch_size=batch_size, shuffle=True,
+                                 seed=seed)  # fmt: skip
             fits.append(fit_graph(
                 net, loader, max_epochs=epochs, finetune_epochs=tune, lr=lr, graph_lr=graph_lr,
                 reg_weight=reg_weight,
