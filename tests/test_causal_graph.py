@@ -338,6 +338,22 @@ def test_knockout_activity_carries_a_loss_of_function_the_mrna_does_not_show(tmp
     X2 = X.copy()
     X2[:, 0] = 1e3
     np.testing.assert_allclose(act.nll_per_cell(X2, masked=mask), act.nll_per_cell(X, masked=mask))
+    # ... but only for the genes knocked out in training (gene0, gene3). The fit orients gene1 - gene2 (never
+    # knocked out) as gene2 -> gene1; gene2's children were never seen at the activity, so a masked gene2 enters
+    # at its measured level and a knockout of gene2 at its knockout level
+    np.testing.assert_array_equal(act.net.activity_genes.numpy(), [True, False, False, True, False])
+    w21 = act.adjacency[2, 1]
+    assert w21 > 0.3
+    mask2 = np.zeros(X.shape, dtype=bool)
+    mask2[:, 2] = True
+    X3 = X.copy()
+    X3[:, 2] += 1.0
+    assert not np.allclose(act.nll_per_cell(X3, masked=mask2), act.nll_per_cell(X, masked=mask2))
+    z2 = (act.knockout_level[2] - act.mean[2]) / act.scale[2]
+    assert z2 == pytest.approx(-1.0, abs=0.15)  # median knockout shift of gene0 (~0 sd) and gene3 (-2 sd)
+    ko2 = pc.tl.predict_intervention(act, "gene2", n_samples=4000).to_df(layer="shift").iloc[0]
+    # linear: gene1 moves by its weight times gene2's clamp (at the activity, < -2 sd, it would move 2x more)
+    assert ko2["gene1"] == pytest.approx(w21 * z2 * act.scale[1], rel=0.1)
     # the activity survives h5ad and save/load
     path = tmp_path / "a.h5ad"
     adata.write_h5ad(path)

@@ -72,7 +72,7 @@ class FactorGraphNet(nn.Module):
         self.bias = nn.Parameter(torch.zeros(d))
         self.log_var = nn.Parameter(torch.zeros(d))
         _add_noise_factors(self, d, noise_rank)
-        _add_knockout_parameters(self, knockouts)
+        _add_knockout_parameters(self, knockouts, n_genes)
         self.register_buffer("fixed_edges", torch.zeros(0))  # (d, m, 3) one-hot once the graph is fixed
 
     @property
@@ -202,7 +202,7 @@ class LowRankLinearNet(nn.Module):
         self.bias = nn.Parameter(torch.zeros(d))
         self.log_var = nn.Parameter(torch.zeros(d))
         _add_noise_factors(self, d, noise_rank)
-        _add_knockout_parameters(self, knockouts)
+        _add_knockout_parameters(self, knockouts, n_genes)
         self.register_buffer("fixed_mask", torch.zeros(0))  # (d, d) 0/1 once the graph is fixed
 
     @property
@@ -270,23 +270,35 @@ def _add_noise_factors(net: nn.Module, n_genes: int, rank: int) -> None:
     net.register_parameter("noise_factors", nn.Parameter(torch.randn(n_genes, rank) * 0.01) if rank > 0 else None)
 
 
-def _add_knockout_parameters(net: nn.Module, knockouts: str) -> None:
+def _add_knockout_parameters(net: nn.Module, knockouts: str, n_genes: int) -> None:
     """Give ``net`` its knockout model: with ``"activity"`` a parameter ``knockout_activity``, the learned value
-    (standardised units) with which a knocked-out gene enters its children in place of its measured mRNA;
-    ``None`` with ``"perfect"`` (a knocked-out gene enters its children at its measured level)."""
+    (standardised units) with which a knocked-out gene enters its children in place of its measured mRNA, and a
+    buffer ``activity_genes`` (bool, genes) of the genes it applies to (all until :func:`set_activity_genes`);
+    both ``None`` with ``"perfect"`` (a knocked-out gene enters its children at its measured level)."""
     if knockouts not in KNOCKOUT_MODELS:
         raise ValueError(f"knockouts must be one of {KNOCKOUT_MODELS}, got {knockouts!r}")
-    activity = nn.Parameter(torch.tensor(_KNOCKOUT_ACTIVITY_INIT)) if knockouts == "activity" else None
-    net.register_parameter("knockout_activity", activity)
+    on = knockouts == "activity"
+    net.register_parameter("knockout_activity", nn.Parameter(torch.tensor(_KNOCKOUT_ACTIVITY_INIT)) if on else None)
+    net.register_buffer("activity_genes", torch.ones(n_genes, dtype=torch.bool) if on else None)
+
+
+def set_activity_genes(net: nn.Module, genes: np.ndarray) -> None:
+    """Restrict the knockout activity to ``genes`` (bool, genes): those knocked out in training. The children
+    of any other gene were only seen at its measured levels, and the learned activity (often many sds below
+    them) would be an extrapolation of their mechanisms, so such a gene enters at its measured (or clamped)
+    level, as under ``"perfect"``. No-op without an activity."""
+    if net.activity_genes is not None:
+        net.activity_genes.copy_(torch.as_tensor(np.asarray(genes, dtype=bool)))
 
 
 def parent_values(net: nn.Module, x: torch.Tensor, masked: torch.Tensor | None) -> torch.Tensor:
     """The genes' values as inputs of their children: a knocked-out gene (``masked``) enters at the learned
-    knockout activity when ``net`` has one, else at its measured level."""
+    knockout activity when ``net`` has one and the gene is among its ``activity_genes``, else at its measured
+    level."""
     a = net.knockout_activity
     if a is None or masked is None:
         return x
-    return torch.where(masked, a.to(x.dtype), x)
+    return torch.where(masked & net.activity_genes, a.to(x.dtype), x)
 
 
 def cell_nll(net: nn.Module, x: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:

@@ -287,7 +287,13 @@ def causal_graph(
         ``"activity"``: at one learned level (standardised units, started at -3 control sds) shared by all
         knocked-out genes, in training and in :func:`predict_intervention`. For CRISPR knockouts the protein
         is lost while the mRNA may barely move (Papalexi screen: IFNGR2's own mRNA falls 0.37 sd, STAT1's
-        1.8 sd), so under ``"perfect"`` even a correct edge carries almost none of the effect.
+        1.8 sd), so under ``"perfect"`` even a correct edge carries almost none of the effect. The activity
+        applies only to genes knocked out in the training regimes (``net.activity_genes``): any other gene's
+        children were fitted only over its measured levels, and the learned activity lies far below them
+        (about -6 sds on the Papalexi screen), so such a gene enters as under ``"perfect"`` (at its measured
+        level in :meth:`~pertcausal.models.CausalGraphModel.nll_per_cell`, at its knockout level in
+        :func:`predict_intervention`). In a Papalexi fit with NFKBIA's regime held out, clamping NFKBIA at the
+        activity gave a shift MAE of 0.55, at its knockout level 0.075 (predicting no shift: 0.046).
     n_init
         Restarts of the graph methods (seeds ``random_state``, ``random_state + 1``, ...), as in scikit-learn's
         mixture models: the fit with the lowest training NLL per gene in its last epoch is kept, and every
@@ -333,7 +339,7 @@ def causal_graph(
     """
     import torch
 
-    from .._engines.factor_graph import KNOCKOUT_MODELS, build_net, fit_graph, make_loader
+    from .._engines.factor_graph import KNOCKOUT_MODELS, build_net, fit_graph, make_loader, set_activity_genes
     from ..models._causal_graph import CausalGraphModel, fit_gaussian_model
 
     check_choice(method, ["dcdfg", "notears_lowrank", "gaussian"], argname="method")
@@ -421,11 +427,13 @@ def causal_graph(
     else:
         net_kw = {"n_hidden": n_hidden, "n_layers": n_layers} if method == "dcdfg" else {}
         X_train, codes_train = design.X[train_rows], design.codes[train_rows]
+        knocked_out = design.masks[np.unique(codes_train)].any(0)  # the genes knocked out in training
         fits = []
         for start in range(int(n_init)):  # restarts; the fit with the lowest final training NLL is kept
             seed = int(random_state) + start
             torch.manual_seed(seed)
             net = build_net(method, d, n_modules, noise_rank=int(noise_rank), knockouts=knockouts, **net_kw)
+            set_activity_genes(net, knocked_out)
             loader = make_loader(X_train, design.masks, codes_train, mean, sd, batch_size=batch_size, shuffle=True,
                                  seed=seed)  # fmt: skip
             fits.append(fit_graph(
