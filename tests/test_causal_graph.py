@@ -361,6 +361,7 @@ def test_knockout_activity_carries_a_loss_of_function_the_mrna_does_not_show(tmp
     act.save(tmp_path / "m")
     for other in (back, pc.models.CausalGraphModel.load(tmp_path / "m")):
         assert float(other.net.knockout_activity.detach()) == pytest.approx(float(act.net.knockout_activity.detach()))
+        np.testing.assert_array_equal(other.net.activity_genes.numpy(), act.net.activity_genes.numpy())
         np.testing.assert_allclose(other.nll_per_cell(X, masked=mask), act.nll_per_cell(X, masked=mask), rtol=1e-6)
 
 
