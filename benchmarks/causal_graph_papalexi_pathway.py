@@ -148,9 +148,9 @@ def main() -> None:
         for k, held in enumerate(folds):
             held = sorted(held)
             for knockouts in ("perfect", "activity"):
-                pc.tl.causal_graph(kept, heldout=held, knockouts=knockouts, n_init=args.seeds, key_added="cg",
-                                   random_state=0, **fit)  # fmt: skip
-                table = pc.tl.evaluate_causal_graph(kept, key="cg", per_regime=True)
+                model = pc.tl.causal_graph(kept, heldout=held, knockouts=knockouts, n_init=args.seeds,
+                                           key_added="cg", random_state=0, **fit)  # fmt: skip
+                table = pc.tl.evaluate_causal_graph(kept, model=model, per_regime=True)
                 table["method"] = table["method"].replace({"dcdfg": f"dcdfg_{knockouts}"})
                 if knockouts == "activity":  # the baselines do not depend on the graph: keep one copy
                     table = table[table["method"] == "dcdfg_activity"]
