@@ -71,15 +71,84 @@ def check_labels(present: Sequence[Any], wanted: Iterable[Any], *, argname: str,
         )
 
 
-def get_matrix(adata: AnnData, layer: str | None, *, where: str = "adata") -> np.ndarray | sp.spmatrix:
-    """Return ``adata.X`` or ``adata.layers[layer]``, with a clear error for a missing layer."""
+def get_matrix(
+    adata: AnnData, layer: str | None, *, where: str = "adata", backed_ok: bool = False, tool: str | None = None
+) -> np.ndarray | sp.spmatrix:
+    """Return ``adata.X`` or ``adata.layers[layer]``, with a clear error for a missing layer.
+
+    A sparse matrix comes back canonical (:func:`canonical`: duplicate entries summed, on a copy), so
+    elementwise transforms of its stored values see each matrix entry once. A backed AnnData is refused
+    (:func:`check_in_memory`) unless ``backed_ok`` (the caller streams the rows itself).
+    """
+    if not backed_ok:
+        check_in_memory(adata, where=where, tool=tool)
     if layer is None:
         if adata.X is None:
             raise ValueError(f"{where}.X is empty; pass layer= to use one of: {_list(adata.layers)}")
-        return adata.X
+        return canonical(adata.X)
     if layer not in adata.layers:
         raise KeyError(f"layer {layer!r} is not in {where}.layers; layers are: {_list(adata.layers)}")
-    return adata.layers[layer]
+    return canonical(adata.layers[layer])
+
+
+def canonical(x: Any) -> Any:
+    """``x`` with each stored sparse entry unique (duplicates summed), never modifying ``x`` itself.
+
+    scipy allows a CSR/CSC matrix to store one entry several times (the matrix holds their sum) and COO
+    matrices to repeat coordinates; a transform applied per stored value (``log1p``, squaring) would
+    then see the parts instead of the entry. CSR/CSC input already canonical is returned as is; other
+    sparse formats become CSR, which sums duplicates. Dense input is returned unchanged.
+    """
+    if not sp.issparse(x):
+        return x
+    if x.format in ("csr", "csc"):
+        if x.has_canonical_format:
+            return x
+        out = x.copy()
+        out.sum_duplicates()
+        return out
+    return x.tocsr()
+
+
+def row_sums(x: Any) -> np.ndarray:
+    """Sum of each row in float64, whatever the input dtype (float16 library sizes overflow at 65,504)."""
+    return np.asarray(x.sum(axis=1, dtype=np.float64)).ravel()
+
+
+def check_in_memory(data: Any, *, where: str = "adata", tool: str | None = None) -> None:
+    """Refuse a backed AnnData or MuData (``backed="r"``), naming its file and how to load it."""
+    if getattr(data, "isbacked", False):
+        filename = getattr(data, "filename", None)
+        what = f"{tool} reads" if tool else "this function reads"
+        raise ValueError(
+            f"{where} is backed (opened with backed= from {str(filename)!r}); {what} the whole matrix into "
+            "memory, so load it first: data = data.to_memory() (AnnData) or read the file without backed= "
+            "(pertcausal.pp.signatures streams backed input itself)"
+        )
+
+
+def check_unique_var_names(adata: AnnData, *, where: str = "adata", subset: np.ndarray | None = None) -> None:
+    """Refuse duplicated ``var_names`` (common in 10x data before ``var_names_make_unique()``), among the
+    ``subset`` of positions that will be used (default all)."""
+    names = adata.var_names if subset is None else adata.var_names[subset]
+    if names.has_duplicates:
+        dup = names[names.duplicated()].unique()
+        raise ValueError(
+            f"{where}.var_names holds {len(dup)} duplicated name(s) (e.g. {_list(dup[:5])}); a result per gene "
+            f"would be ambiguous: make them unique first ({where}.var_names_make_unique())"
+        )
+
+
+def check_no_missing(values: pd.Series, *, argname: str, key: str, where: str, rows: np.ndarray | None = None) -> None:
+    """Refuse missing labels (NaN, None) in ``values`` (at the ``rows`` mask that matters, default all)."""
+    bad = values.isna().to_numpy()
+    if rows is not None:
+        bad &= rows
+    if bad.any():
+        raise ValueError(
+            f"{argname} {key!r} has {int(bad.sum())} missing value(s) in obs of {where} "
+            f"(e.g. {_list(values.index[bad][:5])}); fill or drop them first"
+        )
 
 
 def check_finite(x: np.ndarray | sp.spmatrix, *, what: str) -> None:
@@ -97,11 +166,22 @@ def check_choice(value: Any, choices: Iterable[Any], *, argname: str) -> None:
         raise ValueError(f"unknown {argname} {value!r}; expected one of: {_list(choices)}")
 
 
-def obs_column(data: AnnData | MuData, adata: AnnData, key: str, argname: str) -> pd.Series:
-    """``key`` for the cells of ``adata``: from its own obs, else (MuData) from ``data.obs``."""
+def obs_column(
+    data: AnnData | MuData, adata: AnnData, key: str, argname: str, *, where: str | None = None
+) -> pd.Series:
+    """``key`` for the cells of ``adata``: from its own obs, else (MuData) from ``data.obs``.
+
+    The one rule of every function that takes an obs key: the modality's obs first, then the MuData's.
+    """
     if key in adata.obs.columns:
         return adata.obs[key]
-    if is_mudata(data) and key in data.obs.columns:
+    mu = is_mudata(data) and adata is not data
+    if mu and key in data.obs.columns:
         return data.obs.loc[adata.obs_names, key]
-    where = "the modality's obs or mdata.obs" if is_mudata(data) else "adata.obs"
-    raise KeyError(f"{argname} {key!r} is not a column of {where}; columns are: {_list(adata.obs.columns)}")
+    where = where or ("the modality" if mu else "adata")
+    if mu:
+        raise KeyError(
+            f"{argname} {key!r} is not a column of {where}.obs or of mdata.obs; {where}.obs columns are: "
+            f"{_list(adata.obs.columns) or '(none)'}; mdata.obs columns are: {_list(data.obs.columns) or '(none)'}"
+        )
+    raise KeyError(f"{argname} {key!r} is not a column of {where}.obs; columns are: {_list(adata.obs.columns)}")
