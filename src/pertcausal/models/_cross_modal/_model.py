@@ -14,7 +14,8 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ..._utils._lightning import quiet_lightning
-from ..._utils._validate import _list
+from ..._utils._model_files import FORMAT, load_tensors, read_description, save_tensors, write_json
+from ..._utils._validate import _list, check_in_memory, check_unique_var_names, get_matrix, row_sums
 
 if TYPE_CHECKING:
     from mudata import MuData
@@ -29,11 +30,8 @@ LIKELIHOODS = ("nb", "gaussian")
 # registration of a MuData
 # ---------------------------------------------------------------------------------------------
 def _matrix(adata: Any, layer: str | None, where: str) -> Any:
-    if layer is None:
-        return adata.X
-    if layer not in adata.layers:
-        raise KeyError(f"layer {layer!r} is not a layer of {where}; layers are: {_list(adata.layers.keys())}")
-    return adata.layers[layer]
+    """The modality's matrix (canonical: duplicate sparse entries summed, on a copy); backed data refused."""
+    return get_matrix(adata, layer, where=where, tool="CrossModalAE")
 
 
 def _values(X: Any) -> np.ndarray:
@@ -84,6 +82,9 @@ def setup_mudata(
         raise KeyError(f"modalities {_list(absent)} are not in the MuData; modalities are: {_list(mdata.mod)}")
     if len(set(mods)) < 2:
         raise ValueError(f"integration needs at least two modalities; got {_list(mods)}")
+    check_in_memory(mdata, where="mdata", tool="CrossModalAE")
+    for m in mods:
+        check_unique_var_names(mdata.mod[m], where=f"mdata.mod[{m!r}]")
     layers = dict(layers or {})
     unknown = set(layers) - set(mods)
     if unknown:
@@ -123,6 +124,16 @@ def setup_mudata(
         lik = likelihoods.get(m, "auto")
         if lik == "auto":
             lik = "nb" if is_count else "gaussian"
+            if not is_count:  # say so: log-normalised RNA would otherwise switch likelihood silently
+                source = f"layer {layers[m]!r}" if layers.get(m) else "X"
+                warnings.warn(
+                    f"modality {m!r} is modelled with a Gaussian likelihood because its {source} does not hold raw "
+                    f"counts (non-negative integers; values range over [{vals.min():.4g}, {vals.max():.4g}], e.g. "
+                    "log-normalised data). Give its counts layer (layers=) for the negative binomial, or pass "
+                    f"likelihoods={{{m!r}: 'gaussian'}} to choose the Gaussian and silence this warning",
+                    UserWarning,
+                    stacklevel=3,
+                )
         if lik not in LIKELIHOODS:
             raise ValueError(f"likelihood {lik!r} of modality {m!r} is unknown; expected one of {_list(LIKELIHOODS)}")
         if lik == "nb" and not is_count:
@@ -131,7 +142,7 @@ def setup_mudata(
                 f"its {'layer ' + repr(layers[m]) if layers.get(m) else 'X'} holds other values; give a counts layer "
                 "or likelihoods={...: 'gaussian'}"
             )
-        nonzero = np.asarray(abs(X).sum(axis=0) if sp.issparse(X) else np.abs(X).sum(axis=0)).ravel() > 0
+        nonzero = np.asarray(abs(X).sum(axis=0, dtype=np.float64)).ravel() > 0
         names = ad.var_names[chosen]
         if not nonzero.all():
             warnings.warn(
@@ -191,7 +202,7 @@ class _Cells:
             X = sp.csr_matrix(X, dtype=np.float32) if sp.issparse(X) else np.asarray(X, dtype=np.float32)
             self.X[m] = X[:, cols]
             # the library is over the model's features, so extra features in new data change nothing
-            self.library[m] = np.asarray(self.X[m].sum(axis=1)).ravel().astype(np.float32)
+            self.library[m] = row_sums(self.X[m]).astype(np.float32)
             self.rows[m] = np.asarray(mdata.obsmap[m]).ravel().astype(np.int64) - 1
         self.cov = np.zeros((self.n, len(setup["covariates"])), dtype=np.int64)
         for j, (k, cats) in enumerate(setup["covariates"].items()):
@@ -324,8 +335,8 @@ class CrossModalAE:
         means, sds = {}, {}
         for m in self.setup["modalities"]:
             X = self.cells.X[m]
-            mean = np.asarray(X.mean(axis=0)).ravel()
-            sq = np.asarray((X.multiply(X) if sp.issparse(X) else X**2).mean(axis=0)).ravel()
+            mean = np.asarray(X.mean(axis=0, dtype=np.float64)).ravel()
+            sq = np.asarray((X.multiply(X) if sp.issparse(X) else np.square(X)).mean(axis=0, dtype=np.float64)).ravel()
             means[m] = torch.tensor(mean, dtype=torch.float32)
             sds[m] = torch.tensor(np.sqrt(np.maximum(sq - mean**2, 1e-8)), dtype=torch.float32)
         self.init_params = {
@@ -389,8 +400,8 @@ class CrossModalAE:
         layers
             Layer per modality holding its data (default X).
         likelihoods
-            ``"auto"`` (negative binomial for non-negative integers, else Gaussian), or ``"nb"``/``"gaussian"``
-            for all or per modality.
+            ``"auto"`` (negative binomial for non-negative integers, else Gaussian, with a warning naming the
+            modality), or ``"nb"``/``"gaussian"`` for all or per modality.
         batch_key, categorical_covariate_keys
             Categorical covariates given to the decoders (obs columns of the MuData or of its modalities).
         labels_key
@@ -617,44 +628,48 @@ class CrossModalAE:
 
     # -- persistence ----------------------------------------------------------------------------
     def save(self, dir_path: str | Path, *, overwrite: bool = False) -> None:
-        """Save the weights, setup, training history and split to ``dir_path`` (``model.pt``, ``setup.json``)."""
-        import torch
-
+        """Save the model to ``dir_path``: ``model.pt`` (the weights, tensors only), ``model.json``
+        (hyper-parameters, training history, split) and ``setup.json``; nothing in them is pickled, so
+        :meth:`load` runs no code from the files."""
         path = Path(dir_path)
         if path.exists() and any(path.iterdir()) and not overwrite:
             raise FileExistsError(f"{str(path)!r} exists and is not empty; pass overwrite=True")
         path.mkdir(parents=True, exist_ok=True)
-        torch.save(
+        save_tensors(path / "model.pt", self.module.state_dict())
+        write_json(
+            path / "model.json",
             {
-                "state_dict": self.module.state_dict(),
+                "format": FORMAT,
+                "class": type(self).__name__,
                 "init_params": self.init_params,
                 "history": self.history.to_dict(orient="list"),
-                "train_indices": self.train_indices,
-                "validation_indices": self.validation_indices,
-                "is_trained": self.is_trained,
+                "train_indices": np.asarray(self.train_indices, dtype=np.int64),
+                "validation_indices": np.asarray(self.validation_indices, dtype=np.int64),
+                "is_trained": bool(self.is_trained),
             },
-            path / "model.pt",
         )
         (path / "setup.json").write_text(json.dumps(self.setup, indent=1))
 
     @classmethod
     def load(cls, dir_path: str | Path, mdata: MuData) -> CrossModalAE:
-        """Load a saved model for ``mdata`` (which must hold the features it was set up with)."""
-        import torch
+        """Load a model saved by :meth:`save` for ``mdata`` (which must hold the features it was set up with).
 
+        The weights are read with ``torch.load(weights_only=True)``: a ``model.pt`` that holds anything but
+        tensors (a pickled object, as earlier versions wrote) is refused before any of it runs.
+        """
         path = Path(dir_path)
         if not (path / "model.pt").exists():
             raise FileNotFoundError(f"no saved CrossModalAE in {str(path)!r} (model.pt is missing)")
-        state = torch.load(path / "model.pt", map_location="cpu", weights_only=False)
+        meta = read_description(path / "model.json", cls.__name__)
+        state = load_tensors(path / "model.pt")
         setup = json.loads((path / "setup.json").read_text())
-        params = dict(state["init_params"])
-        model = cls(mdata, _setup=setup, **params)
-        model.module.load_state_dict(state["state_dict"])
+        model = cls(mdata, _setup=setup, **dict(meta["init_params"]))
+        model.module.load_state_dict(state)
         model.module.eval()
-        model.history = pd.DataFrame(state["history"])
-        model.train_indices = np.asarray(state["train_indices"])
-        model.validation_indices = np.asarray(state["validation_indices"])
-        model.is_trained = bool(state["is_trained"])
+        model.history = pd.DataFrame(meta["history"])
+        model.train_indices = np.asarray(meta["train_indices"], dtype=np.int64)
+        model.validation_indices = np.asarray(meta["validation_indices"], dtype=np.int64)
+        model.is_trained = bool(meta["is_trained"])
         return model
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -21,7 +22,15 @@ from scvi.data.fields import (
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin, VAEMixin
 
 from ..._utils._lightning import quiet_lightning
-from ..._utils._validate import _list
+from ..._utils._model_files import FORMAT, load_tensors, read_description, save_tensors, write_json
+from ..._utils._validate import (
+    _list,
+    canonical,
+    check_in_memory,
+    check_no_missing,
+    check_unique_var_names,
+    is_mudata,
+)
 from ._module import PRIORS, SPARSITY_UNITS, SparseShiftModule
 
 if TYPE_CHECKING:
@@ -40,6 +49,7 @@ def _check_design(
     X: Any, labels: pd.Series, *, perturbation_key: str, control: str, min_cells: int, where: str
 ) -> None:
     """The checks shared by setup_anndata and setup_mudata (nothing is written before they pass)."""
+    X = canonical(X)  # duplicate sparse entries summed (on a copy), so integer counts read as such
     vals = X.data if sp.issparse(X) else np.asarray(X).ravel()
     if vals.size and not np.isfinite(vals).all():
         raise ValueError(f"{where} has {int((~np.isfinite(vals)).sum())} NaN/inf values; the model needs raw counts")
@@ -48,8 +58,15 @@ def _check_design(
             f"{where} does not hold raw counts (non-negative integers), which the negative binomial likelihood "
             "needs; give the counts layer with layer="
         )
-    if labels.isna().any():
-        raise ValueError(f"obs[{perturbation_key!r}] is missing for {int(labels.isna().sum())} cells")
+    check_no_missing(labels, argname="perturbation_key", key=perturbation_key, where=where.split(".")[0])
+    if isinstance(labels.dtype, pd.CategoricalDtype):
+        unused = sorted(set(map(str, labels.cat.categories)) - set(labels.astype(str)))
+        if unused:
+            raise ValueError(
+                f"obs[{perturbation_key!r}] has categories with no cell: {_list(unused)}; the model would give "
+                "them a prior row learned from nothing. Drop them first: "
+                f"obs[{perturbation_key!r}] = obs[{perturbation_key!r}].cat.remove_unused_categories()"
+            )
     counts = labels.astype(str).value_counts()
     if str(control) not in counts.index:
         raise ValueError(
@@ -214,6 +231,10 @@ class SparseShiftVAE(VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
         min_cells
             Fewest cells a perturbation may have (those below are listed in the error).
         """
+        setup_method_args = cls._get_setup_method_args(**locals())  # first: only the arguments
+        setup_method_args["setup_args"]["control"] = str(control)
+        check_in_memory(adata, tool="SparseShiftVAE")
+        check_unique_var_names(adata)
         for key, name in ((perturbation_key, "perturbation_key"), (batch_key, "batch_key")):
             if key is not None and key not in adata.obs.columns:
                 raise KeyError(f"{name} {key!r} is not a column of adata.obs; columns are: {_list(adata.obs.columns)}")
@@ -225,8 +246,6 @@ class SparseShiftVAE(VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
             X, adata.obs[perturbation_key], perturbation_key=perturbation_key, control=str(control),
             min_cells=min_cells, where=where,
         )  # fmt: skip
-        setup_method_args = cls._get_setup_method_args(**locals())
-        setup_method_args["setup_args"]["control"] = str(control)
         fields = [
             LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=True),
             CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),
@@ -254,9 +273,13 @@ class SparseShiftVAE(VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
         Every cell of the MuData must be measured in ``mod``; otherwise register ``mdata[mod]`` with
         :meth:`setup_anndata`. The other parameters are those of :meth:`setup_anndata`.
         """
+        setup_method_args = cls._get_setup_method_args(**locals())  # first: only the arguments
+        setup_method_args["setup_args"]["control"] = str(control)
         if mod not in mdata.mod:
             raise KeyError(f"modality {mod!r} is not in the MuData; modalities are: {_list(mdata.mod)}")
+        check_in_memory(mdata, where="mdata", tool="SparseShiftVAE")
         ad = mdata.mod[mod]
+        check_unique_var_names(ad, where=f"mdata.mod[{mod!r}]")
         if ad.n_obs != mdata.n_obs or not ad.obs_names.equals(mdata.obs_names):
             raise ValueError(
                 f"only {ad.n_obs} of the MuData's {mdata.n_obs} cells are measured in {mod!r}; register "
@@ -280,8 +303,6 @@ class SparseShiftVAE(VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
             X, labels, perturbation_key=perturbation_key, control=str(control), min_cells=min_cells,
             where=f"mdata.mod[{mod!r}].{'X' if layer is None else 'layers[' + repr(layer) + ']'}",
         )  # fmt: skip
-        setup_method_args = cls._get_setup_method_args(**locals())
-        setup_method_args["setup_args"]["control"] = str(control)
         fields = [
             MuDataLayerField(REGISTRY_KEYS.X_KEY, layer, mod_key=mod, is_count_data=True, mod_required=True),
             MuDataCategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key, mod_key=mod_keys.get("batch_key")),
@@ -290,6 +311,100 @@ class SparseShiftVAE(VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
         manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
         manager.register_fields(mdata, **kwargs)
         cls.register_manager(manager)
+
+    # -- persistence --------------------------------------------------------------------------------
+    def save(
+        self,
+        dir_path: str | Path,
+        prefix: str | None = None,
+        overwrite: bool = False,
+        save_anndata: bool = False,
+        **anndata_write_kwargs: Any,
+    ) -> None:
+        """Save the model to ``dir_path`` in files that load without running code.
+
+        ``model.pt`` holds the module's weights (tensors only, read back with ``torch.load(weights_only=True)``)
+        and ``model.json`` everything else scvi-tools keeps (the data registry, ``init_params_``, the
+        training history and split, the held-out perturbations); with ``save_anndata`` the data go to
+        ``adata.h5ad`` (or ``mdata.h5mu``). scvi-tools' own format pickles numpy arrays and DataFrames into
+        ``model.pt``, which only a general unpickler reads.
+        """
+        path = Path(dir_path)
+        if path.exists() and any(path.iterdir()) and not overwrite:
+            raise FileExistsError(f"{str(path)!r} exists and is not empty; pass overwrite=True")
+        path.mkdir(parents=True, exist_ok=True)
+        pre = prefix or ""
+        if save_anndata:
+            name = "mdata.h5mu" if is_mudata(self.adata) else "adata.h5ad"
+            self.adata.write(path / f"{pre}{name}", **anndata_write_kwargs)
+        attrs = {k: v for k, v in vars(self).items() if k.endswith("_") and not k.startswith("_")}
+        names = self.adata_manager.get_state_registry(REGISTRY_KEYS.X_KEY).column_names
+        save_tensors(path / f"{pre}model.pt", self.module.state_dict())
+        write_json(
+            path / f"{pre}model.json",
+            {"format": FORMAT, "class": type(self).__name__, "var_names": list(map(str, names)), "attrs": attrs},
+        )
+
+    @classmethod
+    def load(
+        cls,
+        dir_path: str | Path,
+        adata: AnnData | MuData | None = None,
+        *,
+        accelerator: str = "auto",
+        device: str | int = "auto",
+        prefix: str | None = None,
+    ) -> SparseShiftVAE:
+        """Load a model written by :meth:`save`, registering ``adata`` (default: the data saved with it).
+
+        Nothing is unpickled: the weights come through ``torch.load(weights_only=True)`` and the rest from
+        JSON, so a ``model.pt`` holding any other object (such as scvi-tools' format, or a crafted file) is
+        refused with a ValueError before any of it runs. ``adata`` must have the genes the model was
+        trained on, in the same order; ``accelerator="cpu"`` or ``device`` (``"auto"``, ``"cpu"``,
+        ``"cuda[:N]"`` or a CUDA index) choose where the weights go.
+        """
+        from ..._utils._device import resolve_device
+
+        path = Path(dir_path)
+        pre = prefix or ""
+        meta = read_description(path / f"{pre}model.json", cls.__name__)
+        state = load_tensors(path / f"{pre}model.pt")
+        if adata is None:
+            saved = [path / f"{pre}{n}" for n in ("adata.h5ad", "mdata.h5mu")]
+            found = [f for f in saved if f.exists()]
+            if not found:
+                raise ValueError(f"{str(path)!r} holds no saved data (saved with save_anndata=False); pass adata=")
+            if found[0].suffix == ".h5mu":
+                import mudata
+
+                adata = mudata.read_h5mu(found[0])
+            else:
+                import anndata
+
+                adata = anndata.read_h5ad(found[0])
+        attrs = dict(meta["attrs"])
+        registry = attrs.pop("registry_")
+        init = attrs.pop("init_params_")
+        names = adata.var_names if not is_mudata(adata) else adata.mod[registry["setup_args"]["mod"]].var_names
+        if list(map(str, names)) != list(meta["var_names"]):
+            raise ValueError(
+                f"the data's {len(names)} var_names are not the {len(meta['var_names'])} genes the model was trained "
+                "on, in the same order; subset or reorder them first"
+            )
+        setup = getattr(cls, registry["setup_method_name"])
+        setup(adata, source_registry=registry, **registry["setup_args"])
+        kwargs = {k: v for group in init.get("kwargs", {}).values() for k, v in group.items()}
+        model = cls(adata, **init["non_kwargs"], **kwargs)
+        for k, v in attrs.items():
+            setattr(model, k, v)
+        model.module.load_state_dict(state)
+        if accelerator == "cpu":
+            target = resolve_device("cpu")
+        else:
+            target = resolve_device(f"cuda:{device}" if isinstance(device, int) else device)
+        model.to_device(target)
+        model.module.eval()
+        return model
 
     # -- labels -------------------------------------------------------------------------------------
     @property
