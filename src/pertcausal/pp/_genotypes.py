@@ -182,6 +182,63 @@ def _read_table(path: Path, names: list[str], *, what: str) -> pd.DataFrame:
     return table
 
 
+#: variants whose last bytes are read to check the .fam against the .bed (evenly spread over the file)
+PADDING_CHECK_VARIANTS = 2000
+#: a last .fam sample reading as padding in every variant read is called absent from the .bed when a real
+#: sample would be that uniform with a probability below this (from how often the other samples' calls are not 0)
+_PADDING_P = 1e-6
+
+
+def _check_sample_count(bed: Path, fam: Path, n_samples: int, n_variants: int) -> None:
+    """Check the ``.fam``'s sample count against the ``.bed``'s padding bits, which PLINK writes as zeros.
+
+    Each variant takes ``ceil(n / 4)`` bytes, so the file size is the same for 4 consecutive sample counts
+    (277-280 samples: 70 bytes a variant) and a ``.fam`` with a row deleted or added still passes it; every
+    later sample would then read its neighbour's genotypes. The last byte of a variant holds the 2-bit
+    calls of its last samples in its low bits and zero padding above them. On a sample of variants:
+
+    - a set padding bit (where the ``.fam`` says there is no sample) means the ``.bed`` has more samples
+      than the ``.fam``;
+    - a last ``.fam`` sample whose bits are zero in every variant read (homozygous A1, what padding reads as)
+      means it has fewer, when the other samples' calls are non-zero often enough that a real sample would be
+      zero everywhere with a probability below ``1e-6`` (so data where A1 is the common allele are not refused).
+    """
+    per_variant = (n_samples + 3) // 4
+    if n_variants == 0 or n_samples < 2:
+        return
+    used = n_samples - 4 * (per_variant - 1)  # calls in the last byte of a variant, 1..4
+    picks = np.unique(np.linspace(0, n_variants - 1, min(n_variants, PADDING_CHECK_VARIANTS)).astype(np.int64))
+    width = min(per_variant, 2)  # the last two bytes (or one) of each variant, read where they lie
+    with open(bed, "rb") as fh:
+        fd = fh.fileno()
+        raw = b"".join(os.pread(fd, width, 3 + (int(j) + 1) * per_variant - width) for j in picks)
+    tail = np.frombuffer(raw, dtype=np.uint8).reshape(len(picks), width)
+    calls = np.stack([(tail >> (2 * k)) & 0b11 for k in range(4)], axis=-1).reshape(len(picks), -1)
+    last = calls[:, -4:]  # slot k: sample position 4 * (per_variant - 1) + k
+    fits = f"the .bed's size fits {4 * per_variant - 3} to {4 * per_variant} samples"
+    occupied = last.any(axis=0)
+    if occupied[used:].any():
+        at_least = 4 * (per_variant - 1) + int(np.flatnonzero(occupied)[-1]) + 1
+        n_set = int((last[:, at_least - 1 - 4 * (per_variant - 1)] != 0).sum())
+        raise ValueError(
+            f"{str(fam)!r} lists {n_samples} samples but {str(bed)!r} holds genotypes for at least {at_least}: "
+            f"{fits}, and the padding bits (zero in files PLINK writes) of sample position {at_least} are set in "
+            f"{n_set} of {len(picks)} variants read. The .fam lacks samples of the .bed, so every sample after the "
+            "first missing one would read its neighbour's genotypes"
+        )
+    if not occupied[used - 1]:
+        others = calls[:, : calls.shape[1] - 4 + used - 1]  # the other real samples' calls
+        nonzero = float((others != 0).mean()) if others.size else 0.0
+        if nonzero > 0 and len(picks) * np.log1p(-min(nonzero, 1.0 - 1e-12)) < np.log(_PADDING_P):
+            holds = 4 * (per_variant - 1) + (int(np.flatnonzero(occupied)[-1]) + 1 if occupied.any() else 0)
+            raise ValueError(
+                f"{str(fam)!r} lists {n_samples} samples but {str(bed)!r} seems to hold {holds}: {fits}, and the "
+                f"last .fam sample reads as zero padding (homozygous A1) in all {len(picks)} variants read, where "
+                f"the other samples' calls are non-zero {100 * nonzero:.0f}% of the time. The .fam has a row the "
+                ".bed lacks, so every sample after it would read its neighbour's genotypes"
+            )
+
+
 def read_genotypes(path: str | os.PathLike[str]) -> Genotypes:
     """Open PLINK 1 genotypes (``.bed/.bim/.fam``) for block-wise reading, without loading the genotypes.
 
@@ -195,6 +252,12 @@ def read_genotypes(path: str | os.PathLike[str]) -> Genotypes:
     A :class:`~pertcausal.pp.Genotypes` whose ``samples`` come from the ``.fam`` file (indexed by IID) and
     ``variants`` from the ``.bim`` file. Values count the ``.bim`` A1 allele (fifth column), PLINK's
     convention, which :func:`pertcausal.tl.gwas` reports as the effect allele.
+
+    The ``.bed`` size is checked against the ``.bim`` and ``.fam`` line counts, and, on up to 2,000 variants
+    spread over the file, the zero padding bits of each variant's last byte against the ``.fam``'s sample
+    count: a ``.fam`` with a row missing or added (the size alone cannot tell 277 from 280 samples) is
+    refused with a message naming both files, where every later sample would otherwise read its
+    neighbour's genotypes.
 
     Examples
     --------
@@ -227,6 +290,7 @@ def read_genotypes(path: str | os.PathLike[str]) -> Genotypes:
             f"{str(bed)!r} has {size} bytes but {m} variants (.bim) x {n} samples (.fam) need {expected}: "
             "the file is truncated or the .bim/.fam do not belong to it"
         )
+    _check_sample_count(bed, fam, n, m)
     if samples["iid"].duplicated().any():
         dup = samples["iid"][samples["iid"].duplicated()].unique()
         raise ValueError(f"the .fam file has duplicated sample ids (IID): {_list(dup)}")

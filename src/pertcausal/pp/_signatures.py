@@ -10,7 +10,18 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .._utils._validate import _list, check_choice, check_finite, check_obs_key, get_matrix, get_modality
+from .._utils._names import pair_names as _pair_names
+from .._utils._validate import (
+    _list,
+    canonical,
+    check_choice,
+    check_no_missing,
+    check_unique_var_names,
+    get_matrix,
+    get_modality,
+    obs_column,
+    row_sums,
+)
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -18,19 +29,45 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("pertcausal")
 
-SEP = "|"
 POOLS = ("mean", "median", "max_norm")
 
 
-def _looks_like_counts(x: np.ndarray | sp.spmatrix, n_check: int = 100_000) -> bool:
-    values = x.data if sp.issparse(x) else np.asarray(x).ravel()
-    values = values[:n_check]
-    return bool(values.size) and bool(np.all(values >= 0)) and bool(np.all(np.mod(values, 1) == 0))
+def _scan(x: Any, chunk: int) -> tuple[int, float, bool]:
+    """One pass over the stored values of ``x`` (in memory, or backed and read in chunks of rows): how many
+    are NaN or infinite, the smallest finite value if it is negative (else 0), and whether the values are
+    non-negative integers (raw counts; False when nothing is stored)."""
+
+    def blocks() -> Any:
+        if sp.issparse(x):
+            yield x.data
+        elif isinstance(x, np.ndarray):
+            yield x.ravel()
+        else:  # backed (h5py dataset or anndata's sparse dataset): rows in chunks
+            for start in range(0, x.shape[0], chunk):
+                block = x[start : start + chunk]
+                yield block.data if sp.issparse(block) else np.asarray(block).ravel()
+
+    n_bad, lowest, integer, seen = 0, 0.0, True, False
+    for values in blocks():
+        if values.dtype.kind in "fc":  # integer dtypes hold finite integers by construction
+            finite = np.isfinite(values)
+            if not finite.all():
+                n_bad += int(values.size - finite.sum())
+                values = values[finite]
+            integer = integer and np.array_equal(values, np.trunc(values))
+        if values.size:
+            seen = True
+            lowest = min(lowest, float(values.min()))
+    return n_bad, lowest, seen and integer and lowest >= 0
 
 
 def _log_normalize(x: np.ndarray | sp.spmatrix, target_sum: float) -> np.ndarray | sp.spmatrix:
-    """Library-size normalisation to ``target_sum`` followed by log1p (as ``sc.pp.normalize_total`` + ``log1p``)."""
-    size = np.asarray(x.sum(axis=1)).ravel().astype(np.float64)
+    """Library-size normalisation to ``target_sum`` followed by log1p (as ``sc.pp.normalize_total`` + ``log1p``).
+
+    Library sizes are summed in float64 whatever the input dtype; ``x`` must be canonical (no duplicate
+    entries), as :func:`~pertcausal._utils._validate.canonical` makes it.
+    """
+    size = row_sums(x)
     scale = np.divide(target_sum, size, out=np.zeros_like(size), where=size > 0)
     if sp.issparse(x):
         out = sp.csr_matrix(x, dtype=np.float64, copy=True)
@@ -49,11 +86,27 @@ def _keys(value: str | Sequence[str] | None, argname: str) -> list[str]:
     return keys
 
 
-def _joined(obs: pd.DataFrame, keys: list[str], sep: str) -> pd.Series:
-    """One string label per row from one or several obs columns."""
+def _joined(obs: pd.DataFrame, keys: list[str], sep: str, *, argname: str, rows: np.ndarray) -> pd.Series:
+    """One string label per row from one or several obs columns.
+
+    Several columns are joined with ``sep``; two different combinations of values (among ``rows``) that
+    join to the same label (``("a_b", "c")`` and ``("a", "b_c")`` with ``"_"``) are an error, since their
+    observations would be pooled silently.
+    """
     out = obs[keys[0]].astype(str)
     for k in keys[1:]:
         out = out + sep + obs[k].astype(str)
+    if len(keys) > 1:
+        combos = obs[keys].iloc[np.flatnonzero(rows)].astype(str).drop_duplicates()
+        labels = combos.agg(sep.join, axis=1).to_numpy()
+        clash = pd.Series(labels).duplicated(keep=False).to_numpy()
+        if clash.any():
+            first = labels[clash][0]
+            values = [tuple(r) for r in combos.to_numpy()[labels == first]]
+            raise ValueError(
+                f"{argname} {keys} joined with key_sep={sep!r} give the same label {first!r} to different values "
+                f"{_list(values)}; pass a key_sep that none of the values contains"
+            )
     return out
 
 
@@ -63,12 +116,10 @@ def _select_values(values: Any) -> list[str]:
     return [str(v) for v in wanted]
 
 
-def _selection(adata: AnnData, select: Mapping[str, Any] | None, where: str) -> np.ndarray:
+def _selection(obs: pd.DataFrame, select: Mapping[str, Any] | None, where: str) -> np.ndarray:
     """Boolean mask of the rows kept by ``select`` (``{obs key: value or list of values}``)."""
-    obs = adata.obs
     keep = np.ones(len(obs), dtype=bool)
     for key, values in (select or {}).items():
-        check_obs_key(adata, key, argname="select key", where=where)
         wanted = _select_values(values)
         col = obs[key].astype(str)
         present = set(col)
@@ -104,7 +155,8 @@ def _group_stats(
         rows = np.flatnonzero(c >= 0)
         if not len(rows):
             continue
-        block = x[start:stop][rows] if sp.issparse(x) else np.asarray(x[start:stop])[rows]
+        block = x[start:stop]
+        block = canonical(block)[rows] if sp.issparse(block) else np.asarray(block)[rows]
         if normalize:
             block = _log_normalize(block, target_sum)
         elif sp.issparse(block):
@@ -120,7 +172,7 @@ def _group_stats(
 
 
 def _dense_rows(x: np.ndarray | sp.spmatrix, rows: np.ndarray, *, normalize: bool, target_sum: float) -> np.ndarray:
-    block = x[rows]
+    block = canonical(x[rows])
     if normalize:
         block = _log_normalize(block, target_sum)
     return block.toarray() if sp.issparse(block) else np.asarray(block, dtype=np.float64)
@@ -164,7 +216,9 @@ def signatures(
     (``effect = mean over observations of (x - matched control mean)``). With ``control=None`` the
     input already holds effects (z-scores, log fold changes, CMap signatures) and is only pooled
     per pair. Group sums come from passes over the rows in chunks, as products of a sparse
-    group-indicator matrix with the (sparse) expression matrix: no loop over cells.
+    group-indicator matrix with the (sparse) expression matrix: no loop over cells. A backed AnnData is
+    read in chunks too; duplicate entries of a sparse matrix are summed first (on a copy); obs keys are
+    looked up in the modality, then in the MuData's obs.
 
     Parameters
     ----------
@@ -202,8 +256,9 @@ def signatures(
         or a control group with fewer observations that a pair needs, is an error. Default 10 with a
         control and 1 for effect input.
     normalize
-        Normalise counts per observation to ``target_sum`` and log1p them. ``None`` does so when the
-        matrix holds non-negative integers (raw counts) and a control is given.
+        Normalise counts per observation to ``target_sum`` and log1p them (library sizes summed in
+        float64, whatever the dtype). ``None`` does so when the matrix holds non-negative integers (raw
+        counts) and a control is given; ``True`` on a matrix with negative values is an error.
     target_sum
         Library size after normalisation.
     key_sep
@@ -214,7 +269,8 @@ def signatures(
     Returns
     -------
     AnnData with one row per observed (perturbation, context) pair (``obs_names`` are
-    ``"perturbation|context"``), the genes of ``data`` as ``var``, and
+    ``"perturbation|context"``, a ``|`` or ``\\`` inside a label escaped with a backslash so that no two
+    pairs share a name), the genes of ``data`` as ``var``, and
 
     - ``X``: the effect;
     - ``layers["se"]``: per-gene standard error of the effect (pair and matched-control replicates);
@@ -253,27 +309,40 @@ def signatures(
     pkeys = _keys(perturbation_key, "perturbation_key")
     ckeys = _keys(context_key, "context_key")
     mkeys = _keys(control_match, "control_match")
-    for argname, keys in (("perturbation_key", pkeys), ("context_key", ckeys), ("control_match", mkeys)):
-        for k in keys:
-            check_obs_key(adata, k, argname=argname, where=where)
-    if replicate_key is not None:
-        check_obs_key(adata, replicate_key, argname="replicate_key", where=where)
+    # every obs key is looked up in the modality, then in the MuData's obs (one rule for every function)
+    columns: dict[str, pd.Series] = {}
+    named = [("perturbation_key", k) for k in pkeys] + [("context_key", k) for k in ckeys]
+    named += [("control_match", k) for k in mkeys] + [("replicate_key", replicate_key)] * (replicate_key is not None)
+    named += [("select key", k) for k in (select or {})]
+    for argname, k in named:
+        if k not in columns:
+            columns[k] = obs_column(data, adata, k, argname, where=where)
+    obs = pd.DataFrame({k: v.values for k, v in columns.items()}, index=adata.obs_names)
     check_choice(pool, POOLS, argname="pool")
+    check_unique_var_names(adata, where=where)
     if min_cells is None:
         min_cells = 10 if control is not None else 1
     if min_cells < 1:
         raise ValueError(f"min_cells must be >= 1, got {min_cells}")
     if mkeys and control is None:
         raise ValueError("control_match needs a control; with control=None the input is taken as effects")
-    obs = adata.obs
-    keep = _selection(adata, select, where)
+    keep = _selection(obs, select, where)
 
-    x = get_matrix(adata, layer, where=where)
-    check_finite(x, what=f"{where}.{'X' if layer is None else f'layers[{layer!r}]'}")
+    x = get_matrix(adata, layer, where=where, backed_ok=True)  # canonical: duplicate sparse entries summed
+    what = f"{where}.{'X' if layer is None else f'layers[{layer!r}]'}"
+    n_bad, lowest, counts = _scan(x, chunk_size)
+    if n_bad:
+        raise ValueError(f"{what} holds {n_bad} NaN or infinite value(s); remove or impute them first")
     if normalize is None:
-        normalize = control is not None and _looks_like_counts(x)
-    if sp.issparse(x):
-        x = sp.csr_matrix(x)
+        normalize = control is not None and counts
+    elif normalize:
+        if lowest < 0:
+            raise ValueError(
+                f"normalize=True needs counts, but {what} holds negative values (smallest {lowest:.4g}): it looks "
+                "log-transformed or scaled already; pass normalize=False to take it as normalised log expression"
+            )
+    if sp.issparse(x) and x.format != "csr":
+        x = x.tocsr()
 
     # roles: control rows and treated rows (among the selected ones)
     if control is not None:
@@ -284,7 +353,7 @@ def signatures(
             )
         is_ctrl = (first == str(control)).to_numpy() & keep
     else:
-        if _looks_like_counts(x):
+        if counts:
             raise ValueError(
                 f"control=None takes {where} for effects, but it holds non-negative integers (raw counts?); "
                 "pass control= to subtract a control"
@@ -297,25 +366,21 @@ def signatures(
     needed = {"perturbation_key": pkeys, "context_key": ckeys, "control_match": mkeys}
     for argname, keys in needed.items():
         for k in keys:
-            bad = obs[k].isna().to_numpy() & (treated | (is_ctrl if k in match_keys else False))
-            if bad.any():
-                raise ValueError(
-                    f"{argname} {k!r} has {int(bad.sum())} missing value(s) in obs of {where} "
-                    f"(e.g. {_list(obs.index[bad][:5])}); fill or drop them first"
-                )
+            rows = treated | (is_ctrl if k in match_keys else False)
+            check_no_missing(obs[k], argname=argname, key=k, where=where, rows=rows)
     if replicate_key is not None:
-        bad = obs[replicate_key].isna().to_numpy() & (treated | is_ctrl)
-        if bad.any():
-            raise ValueError(f"replicate_key {replicate_key!r} has {int(bad.sum())} missing value(s) in {where}.obs")
+        check_no_missing(
+            obs[replicate_key], argname="replicate_key", key=replicate_key, where=where, rows=treated | is_ctrl
+        )
 
-    p_row = _joined(obs, pkeys, key_sep).to_numpy()
-    c_row = _joined(obs, ckeys, key_sep).to_numpy()
+    p_row = _joined(obs, pkeys, key_sep, argname="perturbation_key", rows=treated).to_numpy()
+    c_row = _joined(obs, ckeys, key_sep, argname="context_key", rows=treated | is_ctrl).to_numpy()
     p_code, p_names = _codes(pd.Series(p_row[treated]))
     c_code, c_names = _codes(pd.Series(c_row[treated]))
     pair_keys, pair_code = np.unique(p_code * len(c_names) + c_code, return_inverse=True)
     p_lab = np.asarray(p_names, dtype=object)[pair_keys // len(c_names)]
     c_lab = np.asarray(c_names, dtype=object)[pair_keys % len(c_names)]
-    pair_names = np.asarray([f"{a}{SEP}{b}" for a, b in zip(p_lab, c_lab)], dtype=object)
+    pair_names = np.asarray(_pair_names(p_lab, c_lab), dtype=object)
     pair_of_row = np.full(len(obs), -1)
     pair_of_row[treated] = pair_code
     n_pairs = len(pair_names)
@@ -324,7 +389,7 @@ def signatures(
     )
     n_rep = int(rep_of_row.max()) + 1
     if control is not None:
-        m_lab = _joined(obs, match_keys, key_sep).to_numpy()
+        m_lab = _joined(obs, match_keys, key_sep, argname="control_match", rows=treated | is_ctrl).to_numpy()
         used = treated | is_ctrl
         m_code_used, m_names = _codes(pd.Series(m_lab[used]))
         m_of_row = np.full(len(obs), -1)
