@@ -78,8 +78,8 @@ def demo(out: Path, *, seed: int = 0, device: str = "auto", show_progress: bool 
     imp = mdata["impute"]
     fig = pc.pl.imputation(mdata, key="impute", return_fig=True)
     fig.savefig(out / "demo_imputation.png", dpi=120, bbox_inches="tight")
-    hidden_pair = imp.obs_names[~imp.obs["observed"].to_numpy()][0]
-    p_lab, c_lab = hidden_pair.split("|")
+    hidden = imp.obs.loc[~imp.obs["observed"].to_numpy(), ["perturbation", "context"]].astype(str)
+    p_lab, c_lab = hidden.iloc[0]
     pi, ci = mdata.uns["true_perturbations"].index(p_lab), mdata.uns["true_contexts"].index(c_lab)
     fig = pc.pl.prediction_scatter(imp, truth[pi, ci], perturbation=p_lab, context=c_lab, return_fig=True)
     fig.savefig(out / "demo_prediction_scatter.png", dpi=120, bbox_inches="tight")

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from .._utils._names import pair_names
+
 if TYPE_CHECKING:
     from anndata import AnnData
     from mudata import MuData
@@ -112,7 +114,7 @@ def simulate_effects(
             "context": pd.Categorical.from_codes(c, categories=ctxs),
             "n_cells": np.full(len(p), 1, dtype=np.int64),
         },
-        index=[f"{perts[i]}|{ctxs[j]}" for i, j in zip(p, c)],
+        index=pair_names([perts[i] for i in p], [ctxs[j] for j in c]),
     )
     sig = AnnData(X=y, obs=obs, var=pd.DataFrame(index=genes))
     sig.uns["control_mean"] = pd.DataFrame(baseline.astype(np.float32), index=ctxs, columns=genes)

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from .._utils._names import pair_name
 from .._utils._validate import _list, check_choice, is_mudata
 
 if TYPE_CHECKING:
@@ -21,7 +22,6 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
     from mudata import MuData
 
-SEP = "|"
 MAX_TICKS = 60  # above this many labels an axis gets no tick labels, only a count
 _CBAR_W, _CBAR_PAD, _PANEL_PAD = 0.15, 0.1, 0.85  # inches: colour bar, its gap, gap before the next panel
 
@@ -346,7 +346,7 @@ def imputation(
 # ---------------------------------------------------------------------------------------------
 def _pair_row(adata: AnnData, perturbation: str, context: str, *, where: str) -> int:
     """Row of ``adata`` holding the pair, with an error that names it and lists available pairs."""
-    name = f"{perturbation}{SEP}{context}"
+    name = pair_name(perturbation, context)
     names = pd.Index(adata.obs_names.astype(str))
     has_cols = {"perturbation", "context"} <= set(adata.obs.columns)
     if has_cols:
@@ -367,9 +367,10 @@ def _pair_row(adata: AnnData, perturbation: str, context: str, *, where: str) ->
             unknown.append(f"context {context!r}")
         if unknown:
             hint = f" ({' and '.join(unknown)} not in it at all)"
-        related = [f"{a}{SEP}{b}" for a, b in zip(p, c) if a == str(perturbation) or b == str(context)]
+        related = [pair_name(a, b) for a, b in zip(p, c) if a == str(perturbation) or b == str(context)]
     else:
-        related = [n for n in names if n.startswith(f"{perturbation}{SEP}") or n.endswith(f"{SEP}{context}")]
+        head, tail = pair_name(perturbation, ""), pair_name("", context)
+        related = [n for n in names if n.startswith(head) or n.endswith(tail)]
     others = related + [n for n in names if n not in set(related)]
     raise KeyError(
         f"pair {name!r} (perturbation {perturbation!r}, context {context!r}) is not in {where}{hint}; "
@@ -413,7 +414,7 @@ def _truth_vector(
         i = _pair_row(truth, perturbation, context, where="truth")
         if "observed" in truth.obs.columns and not bool(truth.obs["observed"].iloc[i]):
             warnings.warn(
-                f"pair {perturbation}{SEP}{context} is imputed, not observed, in truth "
+                f"pair {pair_name(perturbation, context)} is imputed, not observed, in truth "
                 "(obs['observed'] is False): comparing two predictions",
                 UserWarning,
                 stacklevel=3,
@@ -573,7 +574,7 @@ def prediction_scatter(
     i = _pair_row(adata, str(perturbation), str(context), where=where)
     if "observed" in adata.obs.columns and bool(adata.obs["observed"].iloc[i]):
         warnings.warn(
-            f"pair {perturbation}{SEP}{context} is observed in pred (obs['observed'] is True): its X is the "
+            f"pair {pair_name(perturbation, context)} is observed in pred (obs['observed'] is True): its X is the "
             "measured effect, not a prediction; hold the pair out before imputing to assess the method",
             UserWarning,
             stacklevel=2,
@@ -583,7 +584,7 @@ def prediction_scatter(
     genes = np.asarray(adata.var_names.astype(str))
     keep = np.isfinite(x_all) & np.isfinite(y_all)
     if not keep.any():
-        raise ValueError(f"no gene has a finite true and predicted effect for pair {perturbation}{SEP}{context}")
+        raise ValueError(f"no gene has a finite true and predicted effect for pair {pair_name(perturbation, context)}")
     if top_k is not None and int(top_k) < keep.sum():
         cand = np.flatnonzero(keep)
         top = cand[np.argsort(-np.abs(x_all[cand]), kind="stable")[: int(top_k)]]

@@ -17,6 +17,9 @@ from .._utils._validate import (
     _list,
     check_choice,
     check_finite,
+    check_in_memory,
+    check_no_missing,
+    check_unique_var_names,
     get_matrix,
     get_modality,
     is_mudata,
@@ -86,16 +89,22 @@ def _design(
     separator: str,
 ) -> _Design:
     adata = get_modality(data, mod if is_mudata(data) else None)
-    labels = obs_column(data, adata, perturbation_key, "perturbation_key").astype(str).to_numpy()
+    place = f"mdata.mod[{mod!r}]" if is_mudata(data) else "adata"
+    check_in_memory(data, where="data", tool="tl.causal_graph")
+    column = obs_column(data, adata, perturbation_key, "perturbation_key", where=place)
+    check_no_missing(column, argname="perturbation_key", key=perturbation_key, where=place)
+    labels = column.astype(str).to_numpy()
     if control not in set(labels):
         present = pd.unique(labels)
         raise ValueError(
             f"control {control!r} is not a label of obs[{perturbation_key!r}]; labels are: {_list(present)}"
         )
+    if genes is not None and not isinstance(genes, str):  # names are looked up in var_names: all must be unique
+        check_unique_var_names(adata, where=place)
     gidx = _select_genes(adata, genes)
     if gidx.size < 2:
         raise ValueError(f"a causal graph needs at least 2 genes; {gidx.size} selected")
-    X = get_matrix(adata, layer)
+    X = get_matrix(adata, layer, where=place)  # canonical: duplicate sparse entries summed
     X = X[:, gidx]
     X = sp.csr_matrix(X, dtype=np.float32) if sp.issparse(X) else np.asarray(X, dtype=np.float32)
     what = f"layer {layer!r}" if layer else "X"
@@ -108,11 +117,8 @@ def _design(
             UserWarning,
             stacklevel=3,
         )
+    check_unique_var_names(adata, where=place, subset=gidx)
     gene_names = [str(g) for g in adata.var_names[gidx]]
-    if len(set(gene_names)) != len(gene_names):
-        raise ValueError(
-            "the modelled genes have duplicate names; make var_names unique (adata.var_names_make_unique())"
-        )
     regimes = [control] + [r for r in pd.unique(labels) if r != control]
     where = {g: i for i, g in enumerate(gene_names)}
     codes = pd.Categorical(labels, categories=regimes).codes.astype(np.int64)

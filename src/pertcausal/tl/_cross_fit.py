@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .._utils._validate import check_obs_key, get_matrix, get_modality, is_mudata
+from .._utils._validate import get_matrix, get_modality, is_mudata, obs_column
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -124,8 +124,7 @@ def cross_fit_embedding(
     adata = get_modality(data, mod) if is_mudata(data) else data
     if not isinstance(adata, AnnData):
         raise TypeError(f"expected an AnnData or MuData, got {type(data).__name__}")
-    check_obs_key(adata, sample_key, argname="sample_key")
-    donors = adata.obs[sample_key]
+    donors = obs_column(data, adata, sample_key, "sample_key")
     if donors.isna().any():
         raise ValueError(f"obs[{sample_key!r}] has {int(donors.isna().sum())} missing values; every cell needs a donor")
     if isinstance(method, str):

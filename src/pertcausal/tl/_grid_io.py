@@ -2,18 +2,44 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from .._engines import METHODS, Grid
-from .._utils._validate import _list, check_choice, check_finite
+from .._utils._validate import _list, check_choice, check_finite, check_no_missing, check_unique_var_names
 
 if TYPE_CHECKING:
     from anndata import AnnData
 
+logger = logging.getLogger("pertcausal")
+
 TORCH_METHODS = {"ntk"}
+
+
+def _labels(sig: AnnData, key: str, extra: pd.Index | None = None) -> pd.Categorical:
+    """``obs[key]`` as a categorical over the labels that occur and those of ``extra``.
+
+    A categorical column keeps its order of levels; labels of ``extra`` that are not levels follow, sorted.
+    A level that occurs in no row and is not in ``extra`` is dropped, with a warning naming it: a context
+    with a control mean and no observed pair is what a user wants predicted, one with neither has
+    nothing to predict from.
+    """
+    col = sig.obs[key]
+    check_no_missing(col, argname="obs column", key=key, where="the signatures AnnData")
+    values = col.astype(str)
+    keep = set(values).union([] if extra is None else map(str, extra))
+    order = list(col.cat.categories.astype(str)) if isinstance(col.dtype, pd.CategoricalDtype) else []
+    unused = [c for c in order if c not in keep]
+    if unused:
+        logger.warning(
+            "obs[%r] has %d level(s) with no observed pair%s, left out of the grid: %s",
+            key, len(unused), " and no control mean" if extra is not None else "", _list(unused),
+        )  # fmt: skip
+    levels = [c for c in order if c in keep] + sorted(keep.difference(order))
+    return pd.Categorical(values, categories=levels)
 
 
 def grid_from_signatures(
@@ -32,16 +58,16 @@ def grid_from_signatures(
             )
     if sig.n_obs == 0:
         raise ValueError("the signatures AnnData has no observed pair")
-    pert = (
-        pd.Categorical(sig.obs["perturbation"].astype(str))
-        if not isinstance(sig.obs["perturbation"].dtype, pd.CategoricalDtype)
-        else sig.obs["perturbation"].cat.remove_unused_categories().values
-    )
-    ctx = (
-        pd.Categorical(sig.obs["context"].astype(str))
-        if not isinstance(sig.obs["context"].dtype, pd.CategoricalDtype)
-        else sig.obs["context"].values
-    )
+    check_unique_var_names(sig, where="the signatures AnnData")
+    # the grid's contexts: those of the observed pairs and, when control means cover them, every context
+    # with a control mean (controls measured, no perturbation yet: what a user wants predicted)
+    cm = sig.uns.get("control_mean")
+    if isinstance(cm, pd.DataFrame):
+        cm = cm.set_axis(cm.index.astype(str))
+        if not set(sig.obs["context"].astype(str)) <= set(cm.index):
+            cm = None
+    pert = _labels(sig, "perturbation")
+    ctx = _labels(sig, "context", extra=cm.index if isinstance(cm, pd.DataFrame) else None)
     perts = pd.Index(pert.categories.astype(str))
     ctxs = pd.Index(ctx.categories.astype(str))
     pc = pd.Series(pert.codes.astype(np.int64) * len(ctxs) + ctx.codes.astype(np.int64))
@@ -51,10 +77,7 @@ def grid_from_signatures(
     y = np.asarray(sig.X.toarray() if hasattr(sig.X, "toarray") else sig.X, dtype=np.float64)
     check_finite(y, what="signatures .X")
     baseline = None
-    cm = sig.uns.get("control_mean")
-    if isinstance(cm, pd.DataFrame) and set(ctxs) <= set(cm.index.astype(str)):
-        cm = cm.copy()
-        cm.index = cm.index.astype(str)
+    if isinstance(cm, pd.DataFrame):
         baseline = cm.loc[list(ctxs), sig.var_names].to_numpy(np.float64)
         check_finite(baseline, what="signatures uns['control_mean']")
     grid = Grid(

@@ -63,13 +63,17 @@ def _embedding(data: AnnData | MuData, use_rep: str, mod: str | None) -> tuple[A
 
 
 def _per_sample(
-    adata: Any, rep: np.ndarray, names: list[str], sample_key: str | None, covariates: Sequence[str]
+    data: Any, adata: Any, rep: np.ndarray, names: list[str], sample_key: str | None, covariates: Sequence[str]
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.Series]:
-    """Mean embedding, covariates and cell count per sample (one row per observation without ``sample_key``)."""
-    obs = adata.obs
-    missing = [c for c in covariates if c not in obs.columns]
-    if missing:
-        raise KeyError(f"covariates {_list(missing)} are not columns of obs; columns are: {_list(obs.columns)}")
+    """Mean embedding, covariates and cell count per sample (one row per observation without ``sample_key``).
+
+    Keys are looked up in the embedding's obs, then (a modality of a MuData) in the MuData's obs."""
+    from .._utils._validate import obs_column
+
+    named = [("covariate", c) for c in covariates] + ([("sample_key", sample_key)] if sample_key else [])
+    obs = pd.DataFrame(index=adata.obs_names)
+    for argname, key in named:
+        obs[key] = obs_column(data, adata, key, argname).values
     if sample_key is None:
         ids = pd.Index(adata.obs_names.astype(str))
         if ids.duplicated().any():
@@ -81,8 +85,6 @@ def _per_sample(
         n_cells = pd.Series(1, index=ids, name="n_cells")
         cov_obs = obs[list(covariates)].set_axis(ids)
     else:
-        if sample_key not in obs.columns:
-            raise KeyError(f"sample_key {sample_key!r} is not a column of obs; columns are: {_list(obs.columns)}")
         labels = obs[sample_key]
         if labels.isna().any():
             raise ValueError(
@@ -479,7 +481,7 @@ def gwas(
 
     # ---- phenotypes and covariates per sample, matched to the genotypes -----------------------
     adata, rep, names = _embedding(data, use_rep, mod)
-    pheno, cov_obs, n_cells = _per_sample(adata, rep, names, sample_key, list(covariates))
+    pheno, cov_obs, n_cells = _per_sample(data, adata, rep, names, sample_key, list(covariates))
     n_data_samples = len(pheno)
     data_rows, sample_rows = _match_samples(pheno.index, genotypes)
     pheno, cov_obs, n_cells = pheno.iloc[data_rows], cov_obs.iloc[data_rows], n_cells.iloc[data_rows]

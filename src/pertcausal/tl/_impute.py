@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from .._engines import METHODS
+from .._utils._names import pair_names
 from .._utils._params import h5_safe
 from .._utils._validate import _list, is_mudata
 from ._grid_io import TORCH_METHODS, check_method, grid_from_signatures
@@ -75,7 +76,10 @@ def impute(
     Returns
     -------
     An AnnData over the complete perturbation x context grid (``obs_names`` are
-    ``"perturbation|context"``) with ``X`` the observed effect where measured and the prediction
+    ``"perturbation|context"``, as in :func:`pertcausal.pp.signatures`; the contexts are those of the
+    observed pairs and of ``uns["control_mean"]``, so a context with controls and no observed pair is
+    predicted, and a categorical level with neither is left out with a warning) with ``X`` the observed
+    effect where measured and the prediction
     elsewhere, ``obs["perturbation"]``, ``obs["context"]``, ``obs["observed"]``, ``obs["n_cells"]``,
     ``obs["reliability"]`` (higher is more trustworthy; NaN for observed pairs and for methods that
     give none): the NTK's ``1 - posterior variance``, synthetic interventions' donor-fit R^2 on the
@@ -185,7 +189,7 @@ def impute(
             "n_cells": n_cells,
             "reliability": reliability,
         },
-        index=[f"{p}|{c}" for p, c in zip(perts[pp_], ctxs[cc_])],
+        index=pair_names(perts[pp_], ctxs[cc_]),
     )
     if pred.variance is not None:
         variance = np.zeros(len(x))  # observed pairs are measured, not predicted

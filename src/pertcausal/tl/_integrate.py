@@ -77,7 +77,8 @@ def integrate(
     key_added
         The joint embedding of every cell goes to ``mdata.obsm[key_added]`` and each modality's own
         embedding of its cells to ``mdata.mod[m].obsm[key_added]``; parameters, training history and the
-        validation cells to ``mdata.uns[key_added]``.
+        validation cells to ``mdata.uns[key_added]``. A modality that is not integrated keeps no
+        ``obsm[key_added]`` from an earlier run.
     device
         ``"auto"``, ``"cpu"`` or ``"cuda[:N]"``.
     max_epochs
@@ -155,6 +156,9 @@ def integrate(
     mdata.obsm[key_added] = joint
     for m, emb in per_mod.items():
         mdata.mod[m].obsm[key_added] = emb
+    for m in set(mdata.mod) - set(per_mod):  # an earlier run's embedding of a modality not integrated now
+        if key_added in mdata.mod[m].obsm:
+            del mdata.mod[m].obsm[key_added]
     mdata.uns[key_added] = {
         "params": h5_safe(
             {
@@ -198,7 +202,8 @@ def translate(
     model
         The model returned by :func:`integrate` (or :meth:`~pertcausal.models.CrossModalAE.load`).
     cells
-        ``"all"`` source cells, or ``"unmeasured"``: only those without a ``target`` measurement.
+        ``"all"`` source cells, or ``"unmeasured"``: only those without a ``target`` measurement (an error when
+        every source cell has one).
     key_added
         Name of the new modality (default ``f"{target}_from_{source}"``): obs are the source cells, var the
         target's features, X the prediction on the target's normalised scale (log1p of 1e4 x proportion
@@ -221,11 +226,16 @@ def translate(
     if source not in mdata.mod:
         raise KeyError(f"source {source!r} is not a modality of the MuData; modalities are: {_list(mdata.mod)}")
     key = key_added or f"{target}_from_{source}"
-    pred = model.translate(source, target, mdata)
     src = mdata.mod[source]
     keep = np.ones(src.n_obs, dtype=bool)
     if cells == "unmeasured" and target in mdata.mod:
         keep = ~src.obs_names.isin(mdata.mod[target].obs_names)
+        if not keep.any():
+            raise ValueError(
+                f"cells='unmeasured', but every one of the {src.n_obs} cells of {source!r} is also measured in "
+                f"{target!r}: no cell lacks the target; use cells='all' to predict it for every cell"
+            )
+    pred = model.translate(source, target, mdata)
     features = model.setup["features"][target]
     var = (
         mdata.mod[target].var.loc[features].copy()

@@ -7,6 +7,7 @@ validates the query, matches its genes and assembles the table.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -81,9 +82,9 @@ def _as_labels(genes: Any, argname: str) -> list[str]:
 
 def _signature_vector(
     signature: Any, data_names: np.ndarray, n_vars: int, where: str
-) -> tuple[np.ndarray, np.ndarray, int]:
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Return (positions in the data's genes, query values) of the matched genes of a vector query,
-    and the number of genes of the query."""
+    and the names of the query genes that matched none."""
     from anndata import AnnData
 
     if isinstance(signature, AnnData):
@@ -107,7 +108,7 @@ def _signature_vector(
         check_finite(values, what="signature")
         pos = _match(list(signature.index), data_names, where)
         keep = pos >= 0
-        return pos[keep], values[keep], len(values)
+        return pos[keep], values[keep], [str(g) for g in signature.index[~keep]]
     try:
         values = np.asarray(signature, dtype=np.float64)
     except (TypeError, ValueError):
@@ -124,7 +125,27 @@ def _signature_vector(
             "indexed by gene name to match genes by name"
         )
     check_finite(values, what="signature")
-    return np.arange(n_vars), values, n_vars
+    return np.arange(n_vars), values, []
+
+
+def _check_matched(n_matched: int, n_query: int, unmatched: list[str], min_genes: int, where: str) -> None:
+    """Refuse a query left with fewer than ``min_genes`` matched genes (all of a smaller query); warn when any
+    query gene is missing."""
+    if not unmatched:
+        return
+    listing = _list(unmatched, 10)
+    if n_matched < min(min_genes, n_query):
+        raise ValueError(
+            f"only {n_matched} of the query's {n_query} genes are in {where} (missing: {listing}); a score needs at "
+            f"least min_genes={min_genes} matched genes (all of a smaller query)"
+            + ("; pass gene_key= to match another var column" if where == "imputed.var_names" else "")
+        )
+    warnings.warn(
+        f"{len(unmatched)} of the query's {n_query} genes are not in {where} and are left out; the score uses "
+        f"{n_matched}: missing {listing}",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 _SCORERS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
@@ -148,6 +169,7 @@ def rank_perturbations(
     exclude: str | Iterable[str] | None = None,
     n_genes: int = 50,
     weight: float = 1.0,
+    min_genes: int = 3,
 ) -> pd.DataFrame:
     """Rank perturbations by how well their effect in one context matches a query signature.
 
@@ -195,6 +217,10 @@ def rank_perturbations(
     weight
         Exponent ``p`` of the weights ``|effect|**p`` of the connectivity running sum (1: CMap and
         GSEA; 0: classic unweighted KS).
+    min_genes
+        Fewest query genes that must match genes of ``imputed`` (up and down sets together; every gene of a
+        smaller query); fewer is an error naming the missing genes. Query genes that match nothing are
+        otherwise left out with a warning that names them.
 
     Returns
     -------
@@ -248,6 +274,8 @@ def rank_perturbations(
         raise ValueError("pass a query: signature (a gene vector) or up/down gene sets")
     if isinstance(n_genes, bool) or not isinstance(n_genes, int | np.integer) or n_genes < 1:
         raise ValueError(f"n_genes must be a positive integer, got {n_genes!r}")
+    if isinstance(min_genes, bool) or not isinstance(min_genes, int | np.integer) or min_genes < 1:
+        raise ValueError(f"min_genes must be a positive integer, got {min_genes!r}")
     if isinstance(weight, bool) or not isinstance(weight, int | float | np.integer | np.floating):
         raise ValueError(f"weight must be a finite number >= 0, got {weight!r}")
     if not np.isfinite(weight) or weight < 0:
@@ -265,8 +293,10 @@ def rank_perturbations(
     n_vars = adata.n_vars
     n_up = n_down = 0
     if has_query:
-        idx, q, n_query = _signature_vector(signature, data_names, n_vars, where)
+        idx, q, unmatched = _signature_vector(signature, data_names, n_vars, where)
         n_matched = len(idx)
+        n_query = n_matched + len(unmatched)
+        _check_matched(n_matched, n_query, unmatched, min_genes, where)
         if not np.any(q):
             raise ValueError("signature is zero on every matched gene; nothing to compare")
         if method == "pearson" and np.ptp(q) == 0:
@@ -293,6 +323,8 @@ def rank_perturbations(
         down_pos = pos[len(up_list) :][pos[len(up_list) :] >= 0]
         n_up, n_down = len(up_pos), len(down_pos)
         n_query, n_matched = len(up_list) + len(down_list), n_up + n_down
+        unmatched = [g for g, p in zip(up_list + down_list, pos) if p < 0]
+        _check_matched(n_matched, n_query, unmatched, min_genes, where)
         n_used = n_matched
         for name, size in (("up", n_up), ("down", n_down)):
             if method == "connectivity" and size >= n_vars:

@@ -11,7 +11,16 @@ import numpy as np
 import pandas as pd
 
 from .._utils._params import h5_safe
-from .._utils._validate import _list, get_matrix, get_modality, is_mudata, obs_column
+from .._utils._validate import (
+    _list,
+    check_in_memory,
+    check_no_missing,
+    check_unique_var_names,
+    get_matrix,
+    get_modality,
+    is_mudata,
+    obs_column,
+)
 from ._integrate import _accelerator
 
 if TYPE_CHECKING:
@@ -143,20 +152,22 @@ def sparse_shift(
         raise ValueError(f"target_threshold must lie in [0, 1), got {target_threshold!r}")
     adata = get_modality(data, mod)
     where = f"mdata.mod[{mod!r}]" if is_mudata(data) else "adata"
-    X = get_matrix(adata, layer, where=where)
-    labels = obs_column(data, adata, perturbation_key, "perturbation_key")
-    obs = pd.DataFrame({"perturbation": labels.to_numpy()}, index=adata.obs_names)
+    check_in_memory(data, where="data", tool="tl.sparse_shift")
+    X = get_matrix(adata, layer, where=where, tool="tl.sparse_shift")  # canonical: duplicates summed
+    check_unique_var_names(adata, where=where)
+    labels = obs_column(data, adata, perturbation_key, "perturbation_key", where=where)
+    check_no_missing(labels, argname="perturbation_key", key=perturbation_key, where=where)
+    # the private AnnData's columns carry the user's key names, so every message names them
+    obs = pd.DataFrame({perturbation_key: labels.to_numpy()}, index=adata.obs_names)
     if batch_key is not None:
-        obs["batch"] = obs_column(data, adata, batch_key, "batch_key").to_numpy()
+        batch = obs_column(data, adata, batch_key, "batch_key", where=where)
+        check_no_missing(batch, argname="batch_key", key=batch_key, where=where)
+        obs[batch_key] = batch.to_numpy()
     accelerator, devices = _accelerator(device)
     # the model registers (and writes scvi-tools' keys into) a private AnnData, never the user's object
     work = AnnData(X=X, obs=obs, var=pd.DataFrame(index=adata.var_names.copy()))
     SparseShiftVAE.setup_anndata(
-        work,
-        perturbation_key="perturbation",
-        control=control,
-        batch_key=None if batch_key is None else "batch",
-        min_cells=min_cells,
+        work, perturbation_key=perturbation_key, control=control, batch_key=batch_key, min_cells=min_cells
     )
     model = SparseShiftVAE(
         work,
