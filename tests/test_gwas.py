@@ -267,7 +267,7 @@ def test_bad_input(sim):
     adata = adata.copy()
     with pytest.raises(KeyError, match="'X_missing' is not a key of data.obsm"):
         pc.tl.gwas(adata, geno, use_rep="X_missing")
-    with pytest.raises(KeyError, match="covariates 'nope'"):
+    with pytest.raises(KeyError, match="covariate 'nope' is not a column of adata.obs"):
         pc.tl.gwas(adata, geno, covariates=["nope"])
     bad = adata.copy()
     bad.obs.loc[bad.obs_names[:3], "age"] = np.nan
