@@ -139,7 +139,7 @@ def _checks_alone(work: Path, repeats: int) -> list[list]:
         ["signatures", "unique var_names", timed(lambda: check_unique_var_names(a))],
         ["read_genotypes", "padding bits of 2,000 variants", timed(lambda: _check_sample_count(
             work / "g.bed", work / "g.fam", n_samples, n_variants))],
-        ["impute", "grid levels (observed + control-mean contexts), whole grid build", timed(
+        ["impute", "whole grid build (levels from the observed pairs and the control means included)", timed(
             lambda: grid_from_signatures(sig))],
     ]  # fmt: skip
 

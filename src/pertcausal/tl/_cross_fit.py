@@ -24,7 +24,7 @@ def _pca_embedder(n_components: int, layer: str | None) -> Embedder:
 
     def fit(train: AnnData) -> Callable[[AnnData], np.ndarray]:
         X = get_matrix(train, layer, where="train")
-        mean = np.asarray(X.mean(axis=0)).ravel()
+        mean = np.asarray(X.mean(axis=0, dtype=np.float64)).ravel()
         if sp.issparse(X):
             from scipy.sparse.linalg import svds
 
