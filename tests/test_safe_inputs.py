@@ -44,14 +44,21 @@ def _plant(path: Path, marker: Path) -> None:
     torch.save({"weight": _Payload(marker)}, path)
 
 
-def _assert_payload_is_live(tmp_path: Path) -> None:
-    """The payload does run under a plain torch.load, so a refusal below is what protects the user."""
+def _assert_load_refuses_a_payload(model, load, tmp_path: Path) -> Path:
+    """Save ``model``, replace its ``model.pt`` by a live payload, and check that ``load(folder)`` refuses it
+    without running it; returns the folder and leaves the payload in place."""
     import torch
 
-    live = tmp_path / "live_marker"
+    live = tmp_path / "live_marker"  # the payload does run under a plain torch.load: the refusal protects
     _plant(tmp_path / "live.pt", live)
     torch.load(tmp_path / "live.pt", weights_only=False)
     assert live.exists()
+    model.save(tmp_path / "m")
+    _plant(tmp_path / "m" / "model.pt", tmp_path / "marker")
+    with pytest.raises(ValueError, match=r"refused to load .*model\.pt.*not a weights-only file"):
+        load(tmp_path / "m")
+    assert not (tmp_path / "marker").exists()
+    return tmp_path / "m"
 
 
 def _snapshot(adata: ad.AnnData) -> dict:
@@ -136,18 +143,12 @@ def test_cross_modal_files_hold_tensors_and_json_only(cross_modal, tmp_path):
 
 def test_cross_modal_load_refuses_a_pickle_payload(cross_modal, tmp_path):
     mdata, model = cross_modal
-    _assert_payload_is_live(tmp_path)
-    model.save(tmp_path / "m")
-    marker = tmp_path / "marker"
-    _plant(tmp_path / "m" / "model.pt", marker)
-    with pytest.raises(ValueError, match=r"refused to load .*model\.pt.*not a weights-only file"):
-        pc.models.CrossModalAE.load(tmp_path / "m", mdata)
-    assert not marker.exists()
+    folder = _assert_load_refuses_a_payload(model, lambda d: pc.models.CrossModalAE.load(d, mdata), tmp_path)
     # a directory from an earlier version (model.pt a general pickle, no model.json) is refused unread
-    (tmp_path / "m" / "model.json").unlink()
+    (folder / "model.json").unlink()
     with pytest.raises(ValueError, match="no longer read"):
-        pc.models.CrossModalAE.load(tmp_path / "m", mdata)
-    assert not marker.exists()
+        pc.models.CrossModalAE.load(folder, mdata)
+    assert not (tmp_path / "marker").exists()
 
 
 def test_sparse_shift_save_load_without_pickles(sparse_shift, tmp_path):
@@ -174,13 +175,8 @@ def test_sparse_shift_save_load_without_pickles(sparse_shift, tmp_path):
 
 def test_sparse_shift_load_refuses_a_pickle_payload(sparse_shift, tmp_path):
     adata, model = sparse_shift
-    _assert_payload_is_live(tmp_path)
-    model.save(tmp_path / "m")
+    _assert_load_refuses_a_payload(model, lambda d: pc.models.SparseShiftVAE.load(d, adata=adata), tmp_path)
     marker = tmp_path / "marker"
-    _plant(tmp_path / "m" / "model.pt", marker)
-    with pytest.raises(ValueError, match=r"refused to load .*model\.pt.*not a weights-only file"):
-        pc.models.SparseShiftVAE.load(tmp_path / "m", adata=adata)
-    assert not marker.exists()
     # scvi-tools' own format (pickled numpy arrays and DataFrames in model.pt) is refused, not unpickled
     from scvi.model.base import BaseModelClass
 

@@ -63,19 +63,9 @@ def write_json(path: str | Path, value: Any) -> None:
     Path(path).write_text(json.dumps(to_json(value), indent=1))
 
 
-def read_json(path: str | Path, *, what: str) -> Any:
-    """Read a JSON file written by :func:`write_json` back into arrays and DataFrames."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{what} {str(path)!r} does not exist")
-    try:
-        return from_json(json.loads(path.read_text()))
-    except (json.JSONDecodeError, TypeError, ValueError) as err:
-        raise ValueError(f"{what} {str(path)!r} is not a valid pertcausal model file: {err}") from None
-
-
 def read_description(path: str | Path, class_name: str) -> dict[str, Any]:
-    """The JSON description ``path`` of a saved ``class_name``, with clear errors for another format.
+    """The JSON description ``path`` of a saved ``class_name`` (written by :func:`write_json`), with clear errors
+    for another format.
 
     A directory with a weights file but no description was written by an earlier version of pertcausal
     (or by scvi-tools), whose ``model.pt`` is a general pickle; it is refused rather than unpickled.
@@ -88,7 +78,12 @@ def read_description(path: str | Path, class_name: str) -> dict[str, Any]:
             "no longer read; load such a file once with the version that wrote it, in a session you trust, and "
             "save it again with this one)"
         )
-    meta = read_json(path, what=f"the {class_name} description")
+    try:
+        meta = from_json(json.loads(path.read_text()))
+    except (json.JSONDecodeError, TypeError, ValueError) as err:
+        raise ValueError(
+            f"the {class_name} description {str(path)!r} is not a valid pertcausal model file: {err}"
+        ) from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("class") != class_name:
         found = meta.get("class") if isinstance(meta, dict) else None
         raise ValueError(

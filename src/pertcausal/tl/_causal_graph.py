@@ -17,7 +17,6 @@ from .._utils._validate import (
     _list,
     check_choice,
     check_finite,
-    check_in_memory,
     check_no_missing,
     check_unique_var_names,
     get_matrix,
@@ -90,7 +89,6 @@ def _design(
 ) -> _Design:
     adata = get_modality(data, mod if is_mudata(data) else None)
     place = f"mdata.mod[{mod!r}]" if is_mudata(data) else "adata"
-    check_in_memory(data, where="data", tool="tl.causal_graph")
     column = obs_column(data, adata, perturbation_key, "perturbation_key", where=place)
     check_no_missing(column, argname="perturbation_key", key=perturbation_key, where=place)
     labels = column.astype(str).to_numpy()
@@ -104,7 +102,7 @@ def _design(
     gidx = _select_genes(adata, genes)
     if gidx.size < 2:
         raise ValueError(f"a causal graph needs at least 2 genes; {gidx.size} selected")
-    X = get_matrix(adata, layer, where=place)  # canonical: duplicate sparse entries summed
+    X = get_matrix(adata, layer, where=place, tool="tl.causal_graph")  # canonical; backed data refused
     X = X[:, gidx]
     X = sp.csr_matrix(X, dtype=np.float32) if sp.issparse(X) else np.asarray(X, dtype=np.float32)
     what = f"layer {layer!r}" if layer else "X"

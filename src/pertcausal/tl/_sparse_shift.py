@@ -13,7 +13,6 @@ import pandas as pd
 from .._utils._params import h5_safe
 from .._utils._validate import (
     _list,
-    check_in_memory,
     check_no_missing,
     check_unique_var_names,
     get_matrix,
@@ -152,8 +151,7 @@ def sparse_shift(
         raise ValueError(f"target_threshold must lie in [0, 1), got {target_threshold!r}")
     adata = get_modality(data, mod)
     where = f"mdata.mod[{mod!r}]" if is_mudata(data) else "adata"
-    check_in_memory(data, where="data", tool="tl.sparse_shift")
-    X = get_matrix(adata, layer, where=where, tool="tl.sparse_shift")  # canonical: duplicates summed
+    X = get_matrix(adata, layer, where=where, tool="tl.sparse_shift")  # canonical; backed data refused
     check_unique_var_names(adata, where=where)
     labels = obs_column(data, adata, perturbation_key, "perturbation_key", where=where)
     check_no_missing(labels, argname="perturbation_key", key=perturbation_key, where=where)

@@ -15,7 +15,7 @@ import scipy.sparse as sp
 
 from ..._utils._lightning import quiet_lightning
 from ..._utils._model_files import FORMAT, load_tensors, read_description, save_tensors, write_json
-from ..._utils._validate import _list, check_in_memory, check_unique_var_names, get_matrix, row_sums
+from ..._utils._validate import _list, check_unique_var_names, get_matrix, row_sums
 
 if TYPE_CHECKING:
     from mudata import MuData
@@ -82,7 +82,6 @@ def setup_mudata(
         raise KeyError(f"modalities {_list(absent)} are not in the MuData; modalities are: {_list(mdata.mod)}")
     if len(set(mods)) < 2:
         raise ValueError(f"integration needs at least two modalities; got {_list(mods)}")
-    check_in_memory(mdata, where="mdata", tool="CrossModalAE")
     for m in mods:
         check_unique_var_names(mdata.mod[m], where=f"mdata.mod[{m!r}]")
     layers = dict(layers or {})
